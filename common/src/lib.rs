@@ -8,6 +8,7 @@ pub mod certdir;
 pub mod csr;
 pub mod identity;
 pub mod issue;
+pub mod notify;
 pub mod schedule;
 pub mod settings;
 pub mod telemetry;
