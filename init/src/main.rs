@@ -22,7 +22,8 @@ use tokio::time::Instant;
 #[command(
     name = "meshcert-init",
     version,
-    about = "Obtain a workload certificate set from the Istio CA, publish it, and exit"
+    about = "Obtain a workload certificate set from the Istio CA, publish it, and exit",
+    args_override_self = true
 )]
 struct Cli {
     #[command(flatten)]
