@@ -555,3 +555,174 @@ fn init_group_lets_app_read_key() {
     );
     drop(init);
 }
+
+#[test]
+fn init_rejects_invalid_answers() {
+    let cases = [
+        ("short-chain", "at least 2"),
+        ("garbage-pem", "not valid PEM"),
+        ("expired-leaf", "expired at"),
+        ("not-yet-valid=1h", "--max-clock-skew"),
+        ("broken-chain", "does not verify"),
+        ("huge=8388608", "OutOfRange"),
+    ];
+    let pod = Pod::start();
+    publish_due_set(&pod);
+    let before = pod.snapshot();
+    for (fault, expected) in cases {
+        pod.ca.set_fault(fault).unwrap();
+        let output = run(pod.init().args(["--renew-ratio", "0.98"]));
+        let message = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{fault}: {message}");
+        assert!(
+            message.contains(expected),
+            "{fault}: expected {expected:?} in {message}"
+        );
+        assert_eq!(
+            pod.snapshot(),
+            before,
+            "{fault}: existing set byte-identical"
+        );
+    }
+}
+
+#[test]
+fn init_accepts_reversed_chain() {
+    let pod = Pod::start_with(DevCaOptions {
+        fault: Some("reverse-chain".to_string()),
+        ..DevCaOptions::default()
+    });
+    let output = run(&mut pod.init());
+    assert!(output.status.success(), "{}", stderr(&output));
+    let chain = pod.file("cert-chain.pem");
+    let chain = chain.to_str().unwrap();
+    let first = openssl_stdout(&["x509", "-in", chain, "-noout", "-ext", "subjectAltName"]);
+    assert!(
+        first.contains(SPIFFE_ID),
+        "published chain is leaf first: {first}"
+    );
+    let root = pod.file("root-cert.pem");
+    let verify = openssl_stdout(&[
+        "verify",
+        "-CAfile",
+        root.to_str().unwrap(),
+        "-untrusted",
+        chain,
+        chain,
+    ]);
+    assert!(verify.contains(": OK"), "{verify}");
+}
+
+#[test]
+fn init_holds_leaf_valid_soon() {
+    let pod = Pod::start_with(DevCaOptions {
+        fault: Some("not-yet-valid=3s".to_string()),
+        ..DevCaOptions::default()
+    });
+    let started = Instant::now();
+    let output = run(&mut pod.init());
+    let elapsed = started.elapsed();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("not valid yet"),
+        "skew logged: {}",
+        stderr(&output)
+    );
+    assert!(
+        elapsed >= Duration::from_secs(2),
+        "held until valid: {elapsed:?}"
+    );
+    let chain = pod.file("cert-chain.pem");
+    let check = openssl(&[
+        "x509",
+        "-in",
+        chain.to_str().unwrap(),
+        "-noout",
+        "-checkend",
+        "0",
+    ]);
+    assert!(check.status.success(), "published leaf is valid now");
+}
+
+#[test]
+fn init_stalled_ca_exits_3() {
+    let pod = Pod::start_with(DevCaOptions {
+        fault: Some("stall".to_string()),
+        ..DevCaOptions::default()
+    });
+    let started = Instant::now();
+    let output = run(pod
+        .init()
+        .args(["--request-timeout", "500ms", "--timeout", "2s"]));
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("did not answer within"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "bounded by --timeout"
+    );
+    assert!(pod.snapshot().is_empty(), "nothing published");
+}
+
+#[test]
+fn init_retries_internal() {
+    let pod = Pod::start_with(DevCaOptions {
+        fault: Some("internal-first=2".to_string()),
+        ..DevCaOptions::default()
+    });
+    let output = run(&mut pod.init());
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        stderr(&output).matches("retrying").count(),
+        2,
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn init_rsa_key_type() {
+    let pod = Pod::start();
+    let output = run(pod.init().args(["--key-type", "rsa-2048"]));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = openssl_stdout(&[
+        "pkey",
+        "-in",
+        pod.file("key.pem").to_str().unwrap(),
+        "-noout",
+        "-text",
+    ]);
+    assert!(
+        text.contains("2048 bit"),
+        "RSA 2048 key: {}",
+        text.lines().next().unwrap_or_default()
+    );
+}
+
+#[test]
+fn init_malformed_flags_exit_2() {
+    let cases = [
+        (vec!["--ttl", "0s"], "--ttl"),
+        (vec!["--ttl=-1h"], "--ttl"),
+        (vec!["--renew-ratio", "1.5"], "--renew-ratio"),
+        (vec!["--key-type", "dsa"], "--key-type"),
+        (vec!["--timeout", "soon"], "--timeout"),
+        (
+            vec!["--renew-ratio", "0.5", "--renew-jitter", "0.6"],
+            "--renew-jitter",
+        ),
+    ];
+    for (args, flag) in cases {
+        let output = Command::new(bin_path("meshcert-init"))
+            .env_clear()
+            .args(&args)
+            .output()
+            .unwrap();
+        let message = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {message}");
+        assert!(message.contains(flag), "{args:?}: names {flag}: {message}");
+    }
+}
