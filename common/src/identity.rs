@@ -103,6 +103,15 @@ impl SpiffeId {
         })
     }
 
+    /// Parses `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+    pub fn parse(uri: &str) -> Option<Self> {
+        let rest = uri.strip_prefix("spiffe://")?;
+        let (trust_domain, path) = rest.split_once('/')?;
+        let path = path.strip_prefix("ns/")?;
+        let (namespace, service_account) = path.split_once("/sa/")?;
+        Self::new(trust_domain, namespace, service_account).ok()
+    }
+
     /// Returns the URI form used in the certificate's SAN.
     pub fn uri(&self) -> String {
         self.to_string()
@@ -363,6 +372,17 @@ mod tests {
             id.uri(),
             "spiffe://cluster.local/ns/monitoring/sa/prometheus"
         );
+    }
+
+    #[test]
+    fn spiffe_id_parse_round_trip() {
+        let uri = "spiffe://cluster.local/ns/monitoring/sa/prometheus";
+        assert_eq!(
+            SpiffeId::parse(uri).map(|id| id.uri()).as_deref(),
+            Some(uri)
+        );
+        assert!(SpiffeId::parse("spiffe://cluster.local/ns/a/b").is_none());
+        assert!(SpiffeId::parse("https://cluster.local/ns/a/sa/b").is_none());
     }
 
     #[test]

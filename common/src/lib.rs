@@ -9,8 +9,10 @@ pub mod csr;
 pub mod identity;
 pub mod issue;
 pub mod notify;
+pub mod outputs;
 pub mod schedule;
 pub mod settings;
+pub mod status;
 pub mod telemetry;
 
 /// Generated Istio CA protobuf messages and gRPC stubs.

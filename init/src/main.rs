@@ -14,8 +14,10 @@ use meshcert_common::ca::CaError;
 use meshcert_common::certdir::CertDir;
 use meshcert_common::identity::{self, IdentityError, Token};
 use meshcert_common::issue::{self, IssueError, Issuer, PublishedError};
+use meshcert_common::outputs::{ExtraOutputs, OutputArgs};
 use meshcert_common::schedule::{Backoff, RenewPolicy};
 use meshcert_common::settings::{parse_positive_duration, CaSettings};
+use meshcert_common::status::{self, StatusArgs};
 use tokio::time::Instant;
 
 #[derive(Debug, Parser)]
@@ -23,15 +25,28 @@ use tokio::time::Instant;
     name = "meshcert-init",
     version,
     about = "Obtain a workload certificate set from the Istio CA, publish it, and exit",
-    args_override_self = true
+    args_override_self = true,
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     #[command(flatten)]
     settings: CaSettings,
+
+    #[command(flatten)]
+    outputs: OutputArgs,
 
     /// Total time to keep retrying transient CA failures before exiting with code 3.
     #[arg(long, env = "INIT_TIMEOUT", default_value = "5m", value_parser = parse_positive_duration)]
     timeout: Duration,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Report what is published in --out-dir: identity, serial, key type, validity, renewal time, chain, roots, file modes; exits 0 only if the set is valid. Reads files only.
+    Status(StatusArgs),
 }
 
 /// A failure with its exit code.
@@ -52,7 +67,11 @@ impl Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Status(args)) = &cli.command {
+        return print_status(args);
+    }
     meshcert_common::telemetry::init_logging(cli.settings.log_format);
+    tracing::debug!(version = env!("CARGO_PKG_VERSION"), "meshcert-init started");
 
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -70,6 +89,31 @@ fn main() -> ExitCode {
             tracing::error!(exit_code = failure.code, "{}", failure.message);
             ExitCode::from(failure.code)
         }
+    }
+}
+
+/// Prints the status report; exit 0 if the set is valid, 1 if not.
+fn print_status(args: &StatusArgs) -> ExitCode {
+    let policy = RenewPolicy {
+        ratio: args.renew_ratio,
+        jitter: args.renew_jitter,
+    };
+    let report = status::read_status(&args.out_dir, &policy, SystemTime::now());
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(error) => {
+                eprintln!("formatting the status as JSON failed: {error}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        print!("{}", status::format_text(&report));
+    }
+    if report.valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 
@@ -92,6 +136,7 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
         .map_err(identity_failure)?;
     drop(token);
 
+    let extras = ExtraOutputs::load(&cli.outputs).map_err(|e| Failure::new(2, e))?;
     let issuer = Issuer::from_settings(settings, spiffe_id).map_err(ca_failure)?;
     let dir = CertDir::new(&settings.out_dir, settings.group);
     dir.prepare().map_err(|e| Failure::new(2, e))?;
@@ -100,15 +145,29 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
         ratio: settings.renew_ratio,
         jitter: settings.renew_jitter,
     };
-    if reuse_published(&dir, &issuer, &policy) {
+    if reuse_published(&dir, &issuer, &policy, &extras) {
         return Ok(());
     }
-    issue_until_deadline(cli, &issuer, &dir).await
+    issue_until_deadline(cli, &issuer, &dir, &extras).await
 }
 
 /// Returns true if a valid set for our identity that is not yet due is published.
-fn reuse_published(dir: &CertDir, issuer: &Issuer, policy: &RenewPolicy) -> bool {
+fn reuse_published(
+    dir: &CertDir,
+    issuer: &Issuer,
+    policy: &RenewPolicy,
+    extras: &ExtraOutputs,
+) -> bool {
     let now = SystemTime::now();
+    let missing: Vec<&str> = extras
+        .names()
+        .into_iter()
+        .filter(|name| !dir.path().join(name).exists())
+        .collect();
+    if !missing.is_empty() {
+        tracing::info!(missing = ?missing, "published set lacks configured output files; issuing");
+        return false;
+    }
     match issue::read_published(dir, &issuer.spiffe_id, now) {
         Ok((_key, set)) if !policy.is_due(&set, now) => {
             tracing::info!(
@@ -135,7 +194,12 @@ fn reuse_published(dir: &CertDir, issuer: &Issuer, policy: &RenewPolicy) -> bool
     }
 }
 
-async fn issue_until_deadline(cli: &Cli, issuer: &Issuer, dir: &CertDir) -> Result<(), Failure> {
+async fn issue_until_deadline(
+    cli: &Cli,
+    issuer: &Issuer,
+    dir: &CertDir,
+    extras: &ExtraOutputs,
+) -> Result<(), Failure> {
     let settings = &cli.settings;
     let deadline = Instant::now() + cli.timeout;
     let mut backoff = Backoff::new(settings.retry_initial_backoff, settings.retry_max_backoff);
@@ -154,7 +218,9 @@ async fn issue_until_deadline(cli: &Cli, issuer: &Issuer, dir: &CertDir) -> Resu
         let attempt = tokio::time::timeout_at(deadline, issuer.issue()).await;
         let error = match attempt {
             Err(_elapsed) => return Err(give_up("the last attempt was cut off by the deadline")),
-            Ok(Ok(issued)) => return publish_when_valid(issued, issuer, dir, deadline, cli).await,
+            Ok(Ok(issued)) => {
+                return publish_when_valid(issued, issuer, dir, extras, deadline, cli).await
+            }
             Ok(Err(error)) => error,
         };
         if !error.is_transient() {
@@ -180,6 +246,7 @@ async fn publish_when_valid(
     issued: issue::Issued,
     issuer: &Issuer,
     dir: &CertDir,
+    extras: &ExtraOutputs,
     deadline: Instant,
     cli: &Cli,
 ) -> Result<(), Failure> {
@@ -203,9 +270,10 @@ async fn publish_when_valid(
         tokio::time::sleep(ahead).await;
     }
 
-    let generation = dir
-        .publish(&issue::standard_files(&issued.key, set))
-        .map_err(|e| Failure::new(2, e))?;
+    let files = extras
+        .files(&issued.key, set)
+        .map_err(|e| Failure::new(1, e))?;
+    let generation = dir.publish(&files).map_err(|e| Failure::new(2, e))?;
     tracing::info!(
         spiffe_id = %issuer.spiffe_id,
         serial = %set.serial,
