@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 ensure_rust
-ensure_packages openssl:openssl nginx:nginx
+ensure_packages openssl:openssl nginx:nginx keytool:default-jdk-headless
 
 echo "== cargo fmt --check"
 cargo fmt --all --check
