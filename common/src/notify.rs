@@ -16,9 +16,12 @@ use std::process::Stdio;
 use std::str::FromStr;
 use std::time::Duration;
 
-use nix::sys::signal::{self, Signal};
+use nix::sys::signal;
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Signal type of [`Notifier`], re-exported so callers need no `nix` dependency.
+pub use nix::sys::signal::Signal;
 
 /// Largest pid file read, because a pid file contains one number.
 const MAX_PID_FILE_BYTES: u64 = 4096;
