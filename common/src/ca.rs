@@ -70,10 +70,10 @@ pub enum CaError {
         /// The limit.
         timeout: String,
     },
-    /// The CA rejected the caller's identity.
+    /// The CA rejected the caller's identity or token.
     #[error(
-        "CA {addr} rejected identity {spiffe_id} (trust domain {}, namespace {}, service account {}): {code:?}: {message}; check that the token belongs to this service account and that the CA's trust domain matches --trust-domain",
-        .spiffe_id.trust_domain, .spiffe_id.namespace, .spiffe_id.service_account
+        "CA {addr} rejected the request for {spiffe_id} (trust domain {}, namespace {}, service account {}): {code:?}: {message}; {}",
+        .spiffe_id.trust_domain, .spiffe_id.namespace, .spiffe_id.service_account, rejection_hint(*.code)
     )]
     Rejected {
         /// CA address.
@@ -95,6 +95,16 @@ pub enum CaError {
         /// The CA's message.
         message: String,
     },
+}
+
+/// Returns the next step for a rejected request: `Unauthenticated` is about
+/// the token, `PermissionDenied` about the identity asked for.
+fn rejection_hint(code: tonic::Code) -> &'static str {
+    if code == tonic::Code::Unauthenticated {
+        "check the token: a projected service-account token with audience istio-ca, not expired, from this cluster"
+    } else {
+        "check that --namespace and --service-account match the token's service account and that --trust-domain matches the CA's"
+    }
 }
 
 impl CaError {
@@ -156,7 +166,13 @@ pub fn parse_ca_addr(addr: &str) -> Result<(String, u16), String> {
         .ok()
         .filter(|&p| p != 0)
         .ok_or_else(|| invalid("the port is not a number from 1 to 65535"))?;
+    let bracketed = host.starts_with('[') && host.ends_with(']');
     let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.contains(':') && !bracketed {
+        return Err(invalid(
+            "an IPv6 address needs brackets, such as [::1]:15012",
+        ));
+    }
     if host.is_empty() || host.contains(['/', ' ', '@']) {
         return Err(invalid("the host is empty or contains '/', ' ' or '@'"));
     }
@@ -345,6 +361,7 @@ mod tests {
         assert!(parse_ca_addr("https://istiod:15012").is_err());
         assert!(parse_ca_addr("istiod:0").is_err());
         assert!(parse_ca_addr("istiod:99999").is_err());
+        assert!(parse_ca_addr("::1").unwrap_err().contains("brackets"));
     }
 
     #[test]

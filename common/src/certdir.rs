@@ -180,6 +180,7 @@ impl CertDir {
     /// Returns the new generation's name. On error the previous set stays
     /// published and the partial generation is removed.
     pub fn publish(&self, files: &[OutputFile]) -> Result<String, CertDirError> {
+        let _lock = self.lock()?;
         let previous = self.current_generation();
         let (generation, generation_dir) = self.create_generation()?;
 
@@ -240,6 +241,19 @@ impl CertDir {
             .collect();
         names.sort();
         names
+    }
+
+    /// Takes an exclusive `flock` on the directory itself, so two writers
+    /// (a restarted init beside a refresher, or two inits) publish one at a
+    /// time and never remove the generation the other has just swapped in.
+    fn lock(&self) -> Result<nix::fcntl::Flock<File>, CertDirError> {
+        let lock_error = |source| CertDirError::Write {
+            path: self.dir.clone(),
+            source,
+        };
+        let handle = File::open(&self.dir).map_err(lock_error)?;
+        nix::fcntl::Flock::lock(handle, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, errno)| lock_error(std::io::Error::from(errno)))
     }
 
     fn create_generation(&self) -> Result<(String, PathBuf), CertDirError> {
@@ -317,7 +331,10 @@ impl CertDir {
         };
         let _ = fs::remove_file(&tmp);
         std::os::unix::fs::symlink(generation, &tmp).map_err(link_error)?;
-        fs::rename(&tmp, self.dir.join(DATA_LINK)).map_err(link_error)
+        fs::rename(&tmp, self.dir.join(DATA_LINK)).map_err(|error| {
+            let _ = fs::remove_file(&tmp);
+            link_error(error)
+        })
     }
 
     fn ensure_public_link(&self, name: &str) -> Result<(), CertDirError> {

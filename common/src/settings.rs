@@ -62,7 +62,7 @@ pub struct CaSettings {
     pub key_type: KeyType,
 
     /// Requested certificate lifetime, such as `24h` or `90m`.
-    #[arg(long, env = "SECRET_TTL", default_value = "24h", value_parser = parse_ttl)]
+    #[arg(long, env = "SECRET_TTL", default_value = "24h", value_parser = parse_ttl, allow_hyphen_values = true)]
     pub ttl: Duration,
 
     /// Renew when this share of the certificate's lifetime remains (between 0 and 1).
@@ -70,7 +70,7 @@ pub struct CaSettings {
         long,
         env = "SECRET_GRACE_PERIOD_RATIO",
         default_value_t = 0.5,
-        value_parser = parse_ratio
+        value_parser = parse_ratio, allow_hyphen_values = true
     )]
     pub renew_ratio: f64,
 
@@ -79,32 +79,32 @@ pub struct CaSettings {
         long,
         env = "SECRET_GRACE_PERIOD_RATIO_JITTER",
         default_value_t = 0.01,
-        value_parser = parse_jitter
+        value_parser = parse_jitter, allow_hyphen_values = true
     )]
     pub renew_jitter: f64,
 
     /// Group (name or numeric GID) that owns the published files; key files become 0640 instead of 0600.
-    #[arg(long, env = "CERT_GROUP", value_parser = parse_group)]
+    #[arg(long, env = "CERT_GROUP", value_parser = parse_group, allow_hyphen_values = true)]
     pub group: Option<u32>,
 
     /// Time limit of one CA request, connection included, such as `10s`.
-    #[arg(long, env = "CA_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    #[arg(long, env = "CA_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration, allow_hyphen_values = true)]
     pub request_timeout: Duration,
 
     /// Time limit of the TCP and TLS connection to the CA, such as `5s`.
-    #[arg(long, env = "CA_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
+    #[arg(long, env = "CA_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration, allow_hyphen_values = true)]
     pub connect_timeout: Duration,
 
     /// How far a certificate's notBefore may lie ahead of the local clock; within it the set is held until valid.
-    #[arg(long, env = "MAX_CLOCK_SKEW", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "MAX_CLOCK_SKEW", default_value = "5m", value_parser = parse_duration, allow_hyphen_values = true)]
     pub max_clock_skew: Duration,
 
     /// First retry delay after a failed CA request; it doubles up to --retry-max-backoff.
-    #[arg(long, env = "RETRY_INITIAL_BACKOFF", default_value = "1s", value_parser = parse_positive_duration)]
+    #[arg(long, env = "RETRY_INITIAL_BACKOFF", default_value = "1s", value_parser = parse_positive_duration, allow_hyphen_values = true)]
     pub retry_initial_backoff: Duration,
 
     /// Cap of the retry delay after failed CA requests.
-    #[arg(long, env = "RETRY_MAX_BACKOFF", default_value = "60s", value_parser = parse_positive_duration)]
+    #[arg(long, env = "RETRY_MAX_BACKOFF", default_value = "60s", value_parser = parse_positive_duration, allow_hyphen_values = true)]
     pub retry_max_backoff: Duration,
 
     /// Log output format.

@@ -148,7 +148,7 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
     if reuse_published(&dir, &issuer, &policy, &extras) {
         return Ok(());
     }
-    issue_until_deadline(cli, &issuer, &dir, &extras).await
+    issue_until_deadline(cli, &issuer, &dir, &extras, &policy).await
 }
 
 /// Returns true if a valid set for our identity that is not yet due is published.
@@ -174,7 +174,7 @@ fn reuse_published(
                 spiffe_id = %issuer.spiffe_id,
                 serial = %set.serial,
                 expires_at = %rfc3339(set.expires_at),
-                dir = ?dir.path(),
+                dir = %dir.path().display(),
                 "reusing the published set; it is valid and not yet due for renewal"
             );
             true
@@ -199,10 +199,12 @@ async fn issue_until_deadline(
     issuer: &Issuer,
     dir: &CertDir,
     extras: &ExtraOutputs,
+    policy: &RenewPolicy,
 ) -> Result<(), Failure> {
     let settings = &cli.settings;
     let deadline = Instant::now() + cli.timeout;
     let mut backoff = Backoff::new(settings.retry_initial_backoff, settings.retry_max_backoff);
+    let mut last_error = String::from("the first attempt did not finish");
     let give_up = |last_error: &str| {
         Failure::new(
             3,
@@ -216,26 +218,34 @@ async fn issue_until_deadline(
 
     loop {
         let attempt = tokio::time::timeout_at(deadline, issuer.issue()).await;
-        let error = match attempt {
-            Err(_elapsed) => return Err(give_up("the last attempt was cut off by the deadline")),
+        let (reason, message) = match attempt {
+            Err(_elapsed) => return Err(give_up(&last_error)),
+            Ok(Ok(issued)) if policy.is_due(&issued.set, SystemTime::now()) => (
+                "issued_set_due",
+                format!(
+                    "CA {} issued a chain that is already due for renewal (it expires at {}); an intermediate may be about to expire",
+                    issuer.ca.addr,
+                    rfc3339(issued.set.expires_at)
+                ),
+            ),
             Ok(Ok(issued)) => {
                 return publish_when_valid(issued, issuer, dir, extras, deadline, cli).await
             }
-            Ok(Err(error)) => error,
+            Ok(Err(error)) if !error.is_transient() => return Err(issue_failure(error)),
+            Ok(Err(error)) => (error.reason(), error.to_string()),
         };
-        if !error.is_transient() {
-            return Err(issue_failure(error));
-        }
+        last_error = message;
 
-        let delay = backoff.next_delay();
-        if Instant::now() + delay >= deadline {
-            return Err(give_up(&error.to_string()));
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(give_up(&last_error));
         }
+        let delay = backoff.next_delay().min(remaining);
         tracing::warn!(
             attempt = backoff.attempts(),
             retry_in = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
-            reason = error.reason(),
-            error = %error,
+            reason,
+            error = %last_error,
             "CA request failed; retrying"
         );
         tokio::time::sleep(delay).await;
@@ -269,6 +279,16 @@ async fn publish_when_valid(
         }
         tokio::time::sleep(ahead).await;
     }
+    if !set.is_valid_at(SystemTime::now()) {
+        return Err(Failure::new(
+            1,
+            format!(
+                "the certificate from CA {} expired at {} before it could be published",
+                issuer.ca.addr,
+                rfc3339(set.expires_at)
+            ),
+        ));
+    }
 
     let files = extras
         .files(&issued.key, set)
@@ -280,7 +300,7 @@ async fn publish_when_valid(
         not_before = %rfc3339(set.not_before),
         expires_at = %rfc3339(set.expires_at),
         generation = %generation,
-        dir = ?dir.path(),
+        dir = %dir.path().display(),
         ca_latency_ms = issued.ca_latency.as_millis() as u64,
         "published a new certificate set"
     );

@@ -726,3 +726,102 @@ fn init_malformed_flags_exit_2() {
         assert!(message.contains(flag), "{args:?}: names {flag}: {message}");
     }
 }
+
+#[test]
+fn init_retries_until_timeout() {
+    let pod = Pod::start_with(DevCaOptions {
+        fault: Some("unavailable".to_string()),
+        ..DevCaOptions::default()
+    });
+    let started = Instant::now();
+    let output = run(pod.init().args([
+        "--timeout",
+        "3s",
+        "--retry-initial-backoff",
+        "1s",
+        "--retry-max-backoff",
+        "8s",
+    ]));
+    let elapsed = started.elapsed();
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("Unavailable"),
+        "last error named: {}",
+        stderr(&output)
+    );
+    assert!(
+        elapsed >= Duration::from_millis(2_900),
+        "kept retrying until --timeout: {elapsed:?}"
+    );
+}
+
+#[test]
+fn init_rejects_set_already_due() {
+    let pod = Pod::start_with(DevCaOptions {
+        fault: Some("intermediate-expires=2s".to_string()),
+        ..DevCaOptions::default()
+    });
+    let output = run(pod.init().args(["--timeout", "2s"]));
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("already due"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        pod.snapshot().is_empty(),
+        "nothing published: {:?}",
+        pod.snapshot()
+    );
+}
+
+#[test]
+fn concurrent_inits_keep_a_valid_set() {
+    let pod = Pod::start();
+    publish_due_set(&pod);
+    for round in 0..5 {
+        let children: Vec<_> = (0..4)
+            .map(|_| {
+                pod.init()
+                    .args(["--renew-ratio", "0.98"])
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let output = child.wait_with_output().unwrap();
+            assert!(
+                output.status.success(),
+                "round {round}: {}",
+                stderr(&output)
+            );
+        }
+        let chain = pod.file("cert-chain.pem");
+        let chain = chain.to_str().unwrap();
+        let root = pod.file("root-cert.pem");
+        let verify = openssl(&[
+            "verify",
+            "-CAfile",
+            root.to_str().unwrap(),
+            "-untrusted",
+            chain,
+            chain,
+        ]);
+        assert!(
+            verify.status.success(),
+            "round {round}: the published set is valid"
+        );
+        let key_public = openssl_stdout(&[
+            "pkey",
+            "-in",
+            pod.file("key.pem").to_str().unwrap(),
+            "-pubout",
+        ]);
+        let leaf_public = openssl_stdout(&["x509", "-in", chain, "-noout", "-pubkey"]);
+        assert_eq!(
+            key_public, leaf_public,
+            "round {round}: key matches the leaf"
+        );
+    }
+}
