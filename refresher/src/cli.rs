@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use meshcert_common::notify::{self, ExecCommand, Notifier, Signal, SignalTarget};
+use meshcert_common::outputs::OutputArgs;
 use meshcert_common::settings::{parse_positive_duration, CaSettings};
 
 #[derive(Debug, Parser)]
@@ -14,6 +15,7 @@ use meshcert_common::settings::{parse_positive_duration, CaSettings};
     name = "meshcert-refresher",
     version,
     about = "Keep the workload certificate set in --out-dir valid: renew it before it expires, swap it atomically, notify the app, and serve readiness and metrics",
+    args_override_self = true,
     args_conflicts_with_subcommands = true
 )]
 pub(crate) struct Cli {
@@ -30,6 +32,9 @@ pub(crate) struct Cli {
     /// Address of the probe endpoints plus POST /renew; keep it on loopback, which every container of the pod shares.
     #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9852")]
     pub(crate) admin_addr: SocketAddr,
+
+    #[command(flatten)]
+    pub(crate) outputs: OutputArgs,
 
     #[command(flatten)]
     pub(crate) notify: NotifyArgs,

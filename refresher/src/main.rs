@@ -26,6 +26,7 @@ use meshcert_common::certdir::CertDir;
 use meshcert_common::identity;
 use meshcert_common::issue::Issuer;
 use meshcert_common::notify::Notifier;
+use meshcert_common::outputs::ExtraOutputs;
 use meshcert_common::schedule::{Backoff, RenewPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -86,6 +87,7 @@ async fn run(cli: &Cli, notifier: Notifier) -> Result<(), String> {
     let issuer = Issuer::from_settings(settings, spiffe_id.clone()).map_err(|e| e.to_string())?;
     let dir = CertDir::new(&settings.out_dir, settings.group);
     dir.prepare().map_err(|e| e.to_string())?;
+    let extras = ExtraOutputs::load(&cli.outputs).map_err(|e| e.to_string())?;
 
     let probe_listener = bind("--probe-addr", cli.probe_addr).await?;
     let admin_listener = bind("--admin-addr", cli.admin_addr).await?;
@@ -127,6 +129,7 @@ async fn run(cli: &Cli, notifier: Notifier) -> Result<(), String> {
             },
             backoff: Backoff::new(settings.retry_initial_backoff, settings.retry_max_backoff),
             notifier,
+            extras,
         },
         shared,
         watch,

@@ -13,6 +13,7 @@ use meshcert_common::certdir::{CertDir, PublishedFiles};
 use meshcert_common::csr::PrivateKey;
 use meshcert_common::issue::{self, Issued, Issuer};
 use meshcert_common::notify::{Method, Notifier, NotifyError};
+use meshcert_common::outputs::ExtraOutputs;
 use meshcert_common::schedule::{Backoff, RenewPolicy};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
@@ -72,6 +73,7 @@ pub(crate) struct Settings {
     pub(crate) policy: RenewPolicy,
     pub(crate) backoff: Backoff,
     pub(crate) notifier: Notifier,
+    pub(crate) extras: ExtraOutputs,
 }
 
 pub(crate) struct Renewer {
@@ -82,6 +84,8 @@ pub(crate) struct Renewer {
     /// Backoff of failed restorations of the output directory.
     restore_backoff: Backoff,
     notifier: Notifier,
+    /// Optional files (PKCS#12, one-file bundle) published beside the standard three.
+    extras: ExtraOutputs,
     shared: Arc<Shared>,
     watch: DirWatch,
     renew_requests: mpsc::Receiver<RenewRequest>,
@@ -114,6 +118,7 @@ impl Renewer {
             backoff: settings.backoff,
             restore_backoff,
             notifier: settings.notifier,
+            extras: settings.extras,
             shared,
             watch,
             renew_requests,
@@ -192,6 +197,20 @@ impl Renewer {
     fn adopt_published(&mut self) {
         let now = SystemTime::now();
         let spiffe_id = &self.issuer.spiffe_id;
+        let missing: Vec<&str> = self
+            .extras
+            .names()
+            .into_iter()
+            .filter(|name| !self.dir.path().join(name).exists())
+            .collect();
+        if !missing.is_empty() {
+            tracing::info!(
+                ?missing,
+                "the published set lacks configured output files; requesting a new one now"
+            );
+            self.request_renewal("configured output files are missing");
+            return;
+        }
         let (key, set) = match issue::read_published(&self.dir, spiffe_id, now) {
             Ok(published) => published,
             Err(error) => {
@@ -328,8 +347,8 @@ impl Renewer {
             return;
         }
 
-        let files = issue::standard_files(&issued.key, &issued.set);
-        let generation = match self.dir.publish(&files) {
+        let published = publish_files(&self.dir, &self.extras, &issued.key, &issued.set);
+        let generation = match published {
             Ok(generation) => generation,
             Err(error) => {
                 self.shared.metrics.record_failure("publish");
@@ -342,7 +361,7 @@ impl Renewer {
                 );
                 self.reply_all(|| RenewReply::Failed {
                     reason: "publish",
-                    error: error.to_string(),
+                    error: error.clone(),
                 });
                 self.timers.publish = Some(Instant::now() + delay);
                 self.held = Some(issued);
@@ -474,17 +493,10 @@ impl Renewer {
         let Some(current) = &self.current else {
             return;
         };
-        let problem = match self.dir.read() {
-            Ok(files) if is_published(&files, current) => {
-                tracing::debug!(generation = %current.generation, "output directory changed; the published set is intact");
-                self.restore_backoff.reset();
-                return;
-            }
-            Ok(files) => format!(
-                "generation {} does not contain the set this process published (generation {})",
-                files.generation, current.generation
-            ),
-            Err(error) => error.to_string(),
+        let Some(problem) = self.find_publish_problem(current) else {
+            tracing::debug!(generation = %current.generation, "output directory changed; the published set is intact");
+            self.restore_backoff.reset();
+            return;
         };
 
         if !current.set.is_valid_at(SystemTime::now()) {
@@ -500,14 +512,33 @@ impl Renewer {
         self.republish();
     }
 
+    /// Returns why the output directory no longer shows `current`, if it does not.
+    fn find_publish_problem(&self, current: &Published) -> Option<String> {
+        let files = match self.dir.read() {
+            Ok(files) => files,
+            Err(error) => return Some(error.to_string()),
+        };
+        if !is_published(&files, current) {
+            return Some(format!(
+                "generation {} does not contain the set this process published (generation {})",
+                files.generation, current.generation
+            ));
+        }
+        self.extras
+            .names()
+            .into_iter()
+            .find(|name| !self.dir.path().join(name).exists())
+            .map(|name| format!("output file {name} is missing"))
+    }
+
     fn republish(&mut self) {
         let Some(current) = &self.current else {
             return;
         };
-        let published = self.dir.prepare().and_then(|()| {
-            self.dir
-                .publish(&issue::standard_files(&current.key, &current.set))
-        });
+        let published = match self.dir.prepare() {
+            Ok(()) => publish_files(&self.dir, &self.extras, &current.key, &current.set),
+            Err(error) => Err(error.to_string()),
+        };
         let generation = match published {
             Ok(generation) => generation,
             Err(error) => {
@@ -568,6 +599,17 @@ impl Renewer {
             let _ = waiter.send(reply());
         }
     }
+}
+
+/// Builds every output file of a set, extras included, and publishes them as one generation.
+fn publish_files(
+    dir: &CertDir,
+    extras: &ExtraOutputs,
+    key: &PrivateKey,
+    set: &CertSet,
+) -> Result<String, String> {
+    let files = extras.files(key, set).map_err(|e| e.to_string())?;
+    dir.publish(&files).map_err(|e| e.to_string())
 }
 
 fn is_published(files: &PublishedFiles, current: &Published) -> bool {
