@@ -25,7 +25,7 @@ const MAX_ROOT_BYTES: u64 = 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
     /// `--ca-addr` is not `host:port`.
-    #[error("invalid CA address {addr:?}: {reason}; expected host:port, such as istiod.istio-system.svc:15012")]
+    #[error("invalid --ca-addr {addr:?}: {reason}; expected host:port, such as istiod.istio-system.svc:15012")]
     InvalidAddress {
         /// The value given.
         addr: String,
@@ -354,6 +354,13 @@ mod tests {
         let message = parse_ca_addr("istiod").unwrap_err();
         assert!(message.contains("\"istiod\""), "{message}");
         assert!(message.contains("port is missing"), "{message}");
+    }
+
+    #[test]
+    fn parse_ca_addr_error_names_flag() {
+        let message = parse_ca_addr("https://istiod:15012").unwrap_err();
+        assert!(message.contains("--ca-addr"), "{message}");
+        assert!(message.contains("host:port"), "{message}");
     }
 
     #[test]
