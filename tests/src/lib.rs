@@ -4,5 +4,6 @@
 pub mod atomic_file;
 pub mod devca;
 pub mod harness;
+pub mod reliability;
 
 pub use harness::{bin_path, DevCa, DevCaOptions, TokenOptions};
