@@ -74,8 +74,9 @@ fn openssl(args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Returns every entry under `dir` with its bytes, or its target for a
-/// symlink, sorted by path; used to prove a directory is byte-identical.
+/// Returns every entry under `dir` with its bytes, its target for a
+/// symlink, or nothing for a directory (whose name ends in `/`), sorted by
+/// path; used to prove a directory is byte-identical.
 pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut entries = Vec::new();
     collect(dir, "", &mut entries);
@@ -96,6 +97,7 @@ fn collect(dir: &Path, prefix: &str, entries: &mut Vec<(String, Vec<u8>)>) {
             let target = fs::read_link(entry.path()).unwrap_or_default();
             entries.push((name, target.to_string_lossy().as_bytes().to_vec()));
         } else if meta.is_dir() {
+            entries.push((format!("{name}/"), Vec::new()));
             collect(&entry.path(), &format!("{name}/"), entries);
         } else {
             entries.push((name, fs::read(entry.path()).unwrap_or_default()));
