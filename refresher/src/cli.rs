@@ -29,7 +29,7 @@ pub(crate) struct Cli {
     #[arg(long, env = "PROBE_ADDR", default_value = "0.0.0.0:9851")]
     pub(crate) probe_addr: SocketAddr,
 
-    /// Address of the probe endpoints plus POST /renew; keep it on loopback, which every container of the pod shares.
+    /// Address of the probe endpoints plus POST /renew, which renews at once and returns 200 when the new set is published, 202 when it is held until its notBefore, or 502 when the attempt failed. Keep it on loopback, which every container of the pod shares.
     #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9852")]
     pub(crate) admin_addr: SocketAddr,
 

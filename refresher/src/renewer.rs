@@ -535,10 +535,15 @@ impl Renewer {
         let Some(current) = &self.current else {
             return;
         };
-        let published = match self.dir.prepare() {
-            Ok(()) => publish_files(&self.dir, &self.extras, &current.key, &current.set),
-            Err(error) => Err(error.to_string()),
+        // Only a removed directory needs creating again. prepare() also
+        // removes stray generations, which must not happen on every restore.
+        let prepared = if self.dir.path().is_dir() {
+            Ok(())
+        } else {
+            self.dir.prepare().map_err(|e| e.to_string())
         };
+        let published = prepared
+            .and_then(|()| publish_files(&self.dir, &self.extras, &current.key, &current.set));
         let generation = match published {
             Ok(generation) => generation,
             Err(error) => {
