@@ -119,10 +119,14 @@ impl Pod {
         Refresher::spawn(command, self.path("refresher.log"))
     }
 
-    /// Starts the refresher and waits until its first set is published.
+    /// Starts the refresher and waits until its first set is published and
+    /// `/ready` reports it, so the public links exist too.
     fn spawn_with_set(&self, command: Command) -> Refresher {
         let refresher = self.spawn(command);
-        let first = wait_until(FIRST_SET_TIMEOUT, || read_published(&self.out_dir()));
+        let first = wait_until(FIRST_SET_TIMEOUT, || {
+            let (status, _) = refresher.get("/ready");
+            (status == 200).then(|| read_published(&self.out_dir()))?
+        });
         assert!(
             first.is_some(),
             "no set was published within {FIRST_SET_TIMEOUT:?}; log:\n{}",
@@ -778,7 +782,7 @@ fn refresher_restores_removed_or_altered_set() {
     let out_dir = pod.out_dir();
 
     type Damage = fn(&Path);
-    let cases: [(&str, Damage); 4] = [
+    let cases: [(&str, Damage); 5] = [
         ("key.pem removed", |dir| {
             fs::remove_file(dir.join("key.pem")).unwrap()
         }),
@@ -791,6 +795,9 @@ fn refresher_restores_removed_or_altered_set() {
         ("generation directory removed", |dir| {
             let generation = fs::read_link(dir.join("..data")).unwrap();
             fs::remove_dir_all(dir.join(generation)).unwrap()
+        }),
+        ("output directory removed", |dir| {
+            fs::remove_dir_all(dir).unwrap()
         }),
     ];
     for (name, damage) in cases {
@@ -825,7 +832,7 @@ fn refresher_restores_removed_or_altered_set() {
     let warnings = refresher
         .records("the published set was removed or altered; publishing the set in memory again");
     assert!(
-        warnings.len() >= 4,
+        warnings.len() >= 5,
         "expected a warning per damage, found {}; log:\n{}",
         warnings.len(),
         refresher.log()
@@ -934,6 +941,118 @@ fn refresher_signals_pid_from_rewritten_file() {
         first_app.count(),
         first_count,
         "the first app was signalled after the pid file named another process"
+    );
+}
+
+#[test]
+fn refresher_signals_process_by_name() {
+    let pod = Pod::start("");
+    // A copy of sh under a name no other process has, so only it matches.
+    let name = format!("mcapp{:08}", std::process::id() % 100_000_000);
+    let program = pod.path(&name);
+    fs::copy("/bin/sh", &program).expect("copy /bin/sh");
+    let script = format!(
+        "trap 'echo hup >> {}' HUP; i=0; while [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done",
+        pod.path("named.hups").display()
+    );
+    let mut app = Command::new(&program)
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start the named app");
+    std::thread::sleep(Duration::from_millis(200));
+
+    let mut command = pod.refresher();
+    command.arg("--signal=HUP").arg("--process-name").arg(&name);
+    let refresher = pod.spawn_with_set(command);
+    let signalled = wait_until(Duration::from_secs(10), || {
+        let hups = fs::read_to_string(pod.path("named.hups")).ok()?;
+        (hups.lines().count() >= 1).then_some(())
+    });
+    let _ = app.kill();
+    let _ = app.wait();
+    assert!(
+        signalled.is_some(),
+        "the process named {name} got no SIGHUP; log:\n{}",
+        refresher.log()
+    );
+}
+
+#[test]
+fn refresher_holds_set_valid_soon() {
+    let pod = Pod::start("");
+    let refresher = pod.spawn_with_set(pod.refresher());
+    let before = read_published(&pod.out_dir()).unwrap();
+    pod.ca.set_fault("not-yet-valid=2s").unwrap();
+
+    let (status, body) = http(refresher.admin_addr, "POST", "/renew");
+    assert_eq!(status, 202, "POST /renew with a leaf valid in 2s: {body}");
+    let held = read_published(&pod.out_dir()).unwrap();
+    assert_eq!(
+        held.serial, before.serial,
+        "the new set was published before its notBefore"
+    );
+    let (status, body) = refresher.get("/ready");
+    assert_eq!(status, 200, "/ready while a set is held: {body}");
+
+    let published = wait_for_new_set(&pod.out_dir(), &before.serial, Duration::from_secs(6));
+    assert!(
+        published.is_some(),
+        "the held set was not published within 6s; log:\n{}",
+        refresher.log()
+    );
+    let skew_logged = refresher.records(
+        "the new certificate is not valid yet because the CA's clock runs ahead of ours; the current set stays published until it is",
+    );
+    assert_eq!(skew_logged.len(), 1, "the skew was not logged once");
+    assert!(skew_logged[0]["skew"].is_string(), "{}", skew_logged[0]);
+    let (status, body) = refresher.get("/ready");
+    assert_eq!(
+        status, 200,
+        "/ready after the held set was published: {body}"
+    );
+}
+
+#[test]
+fn refresher_backs_off_when_new_set_due() {
+    // An intermediate that expires in 30 s makes every new set due at once.
+    let pod = Pod::start("intermediate-expires=30s");
+    let refresher = pod.spawn_with_set(pod.refresher());
+    std::thread::sleep(Duration::from_secs(3));
+
+    let due = refresher.records(
+        "the new set is already due for renewal, so a certificate in its chain (such as the intermediate) expires soon; retrying with backoff",
+    );
+    assert!(
+        !due.is_empty(),
+        "no warning for a due set; log:\n{}",
+        refresher.log()
+    );
+    assert_eq!(due[0]["level"], "WARN", "{}", due[0]);
+    let attempts = refresher.records("requesting a new certificate").len();
+    assert!(
+        attempts >= 2,
+        "the due set was not renewed again: {attempts} attempt(s)"
+    );
+    // Backoff from 200 ms capped at 1 s averages about 7 attempts in 3 s; a
+    // loop without backoff would make hundreds.
+    assert!(
+        attempts <= 30,
+        "{attempts} attempts in 3 s: renewal loops without backoff"
+    );
+    let (status, body) = refresher.get("/ready");
+    assert_eq!(status, 200, "/ready with a valid but due set: {body}");
+
+    pod.ca.set_fault("none").unwrap();
+    let scheduled = wait_until(Duration::from_secs(5), || {
+        let records = refresher.records("scheduled the next renewal");
+        (!records.is_empty()).then_some(())
+    });
+    assert!(
+        scheduled.is_some(),
+        "no normal renewal was scheduled after the CA sent a long-lived chain; log:\n{}",
+        refresher.log()
     );
 }
 
