@@ -1,8 +1,8 @@
 //! One issuance attempt, run on its own thread with its own runtime.
 //!
-//! Key generation is CPU work that blocks (an RSA-4096 key takes seconds),
-//! and the main runtime has one thread that also serves the probes and
-//! handles SIGTERM. The attempt's runtime, and with it the CA connection,
+//! Key generation is CPU work that blocks (an RSA-4096 key can take a
+//! second or more), and the main runtime has one thread that also serves
+//! the probes and handles SIGTERM. The attempt's runtime, and with it the CA connection,
 //! is dropped when the attempt ends, so nothing stays open between
 //! renewals. On exit the process does not wait for a running attempt.
 

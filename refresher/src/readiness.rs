@@ -4,7 +4,7 @@
 //! Every check reads the three files from disk, so a deleted or rewritten
 //! set changes the result at once. Full validation (key parsing, chain and
 //! signature checks) runs only when the files differ from the last set that
-//! passed it; otherwise only the validity window is compared with the clock.
+//! passed it. Otherwise only the validity window is compared with the clock.
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
