@@ -112,7 +112,7 @@ mod tests {
         assert!(is_meshcert_image("registry.example.com/meshcert:0.1.0"));
         assert!(is_meshcert_image("meshcert"));
         assert!(is_meshcert_image("ghcr.io/org/meshcert@sha256:abc"));
-        assert!(!is_meshcert_image("quay.io/prometheus/prometheus:v2.53.4"));
+        assert!(!is_meshcert_image("quay.io/prometheus/prometheus:v2.53.3"));
     }
 
     #[test]

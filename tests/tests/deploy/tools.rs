@@ -16,10 +16,13 @@ pub(crate) fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
 
-/// Finds an executable on `PATH`, then in the Python tools directory.
+/// Finds an executable on `PATH`, then in the system directories that a
+/// non-root `PATH` often lacks (nginx and ip live in `/usr/sbin`), then in
+/// the Python tools directory.
 pub(crate) fn find(name: &str) -> Option<PathBuf> {
     let path = env::var_os("PATH").unwrap_or_default();
     env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
         .chain([yaml::workspace_dir().join(PYTHON_TOOLS_DIR)])
         .map(|dir| dir.join(name))
         .find(|candidate| is_executable(candidate))
