@@ -10,6 +10,7 @@ pub mod identity;
 pub mod issue;
 pub mod notify;
 pub mod outputs;
+pub mod reload;
 pub mod schedule;
 pub mod settings;
 pub mod status;

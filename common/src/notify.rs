@@ -34,6 +34,9 @@ const MAX_LOGGED_OUTPUT_BYTES: usize = 4096;
 /// and notifies again after the next swap.
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
+    /// The app's reload endpoint failed or answered outside 2xx.
+    #[error(transparent)]
+    Reload(#[from] Box<crate::reload::ReloadError>),
     /// The pid file cannot be read.
     #[error(
         "cannot read pid file {path}: {source}; check --pid-file and that the app has started"
@@ -115,6 +118,8 @@ pub enum Method {
     Signal,
     /// A command run to completion.
     Exec,
+    /// An HTTP request to the app's reload endpoint.
+    Http,
 }
 
 impl Method {
@@ -123,6 +128,7 @@ impl Method {
         match self {
             Self::Signal => "signal",
             Self::Exec => "exec",
+            Self::Http => "http",
         }
     }
 }
@@ -143,15 +149,17 @@ pub struct Notifier {
     pub signal: Option<(Signal, SignalTarget)>,
     /// Command to run.
     pub exec: Option<ExecCommand>,
+    /// HTTP reload endpoints, each sent one request per swap.
+    pub http: Vec<crate::reload::HttpReload>,
 }
 
 impl Notifier {
     /// Returns whether nothing beyond the swap itself is configured.
     pub fn is_empty(&self) -> bool {
-        self.signal.is_none() && self.exec.is_none()
+        self.signal.is_none() && self.exec.is_none() && self.http.is_empty()
     }
 
-    /// Sends the signal, then runs the command, and returns the outcome of
+    /// Sends the signal, runs the command, then sends the HTTP reloads, and returns the outcome of
     /// each configured method. Every outcome is also logged.
     pub async fn notify(&self) -> Vec<(Method, Result<(), NotifyError>)> {
         let mut outcomes = Vec::new();
@@ -168,6 +176,21 @@ impl Notifier {
                 tracing::warn!(error = %error, "notifying the app with --exec failed; it is tried again after the next swap");
             }
             outcomes.push((Method::Exec, result));
+        }
+        for reload in &self.http {
+            let result = crate::reload::send_reload(reload).await.map(|_status| ());
+            match &result {
+                Ok(()) => {
+                    tracing::info!(url = %reload.url, method = %reload.method, "the app's reload endpoint accepted the request")
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "notifying the app through --reload-url failed; it is tried again after the next swap")
+                }
+            }
+            outcomes.push((
+                Method::Http,
+                result.map_err(|e| NotifyError::from(Box::new(e))),
+            ));
         }
         outcomes
     }

@@ -154,6 +154,28 @@ pub fn read_status(dir: &Path, policy: &RenewPolicy, now: SystemTime) -> Status 
     status
 }
 
+/// Prints the report for `args` to stdout and returns the exit code of the
+/// `status` subcommand: 0 for a valid set, 1 otherwise, 2 if printing failed.
+pub fn print_status(args: &StatusArgs) -> u8 {
+    let policy = RenewPolicy {
+        ratio: args.renew_ratio,
+        jitter: args.renew_jitter,
+    };
+    let report = read_status(&args.out_dir, &policy, SystemTime::now());
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(error) => {
+                eprintln!("formatting the status as JSON failed: {error}");
+                return 2;
+            }
+        }
+    } else {
+        print!("{}", format_text(&report));
+    }
+    u8::from(!report.valid)
+}
+
 /// Formats the report for people.
 pub fn format_text(status: &Status) -> String {
     let show = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_string());

@@ -68,7 +68,7 @@ impl Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Status(args)) = &cli.command {
-        return print_status(args);
+        return ExitCode::from(status::print_status(args));
     }
     meshcert_common::telemetry::init_logging(cli.settings.log_format);
     tracing::debug!(version = env!("CARGO_PKG_VERSION"), "meshcert-init started");
@@ -89,31 +89,6 @@ fn main() -> ExitCode {
             tracing::error!(exit_code = failure.code, "{}", failure.message);
             ExitCode::from(failure.code)
         }
-    }
-}
-
-/// Prints the status report; exit 0 if the set is valid, 1 if not.
-fn print_status(args: &StatusArgs) -> ExitCode {
-    let policy = RenewPolicy {
-        ratio: args.renew_ratio,
-        jitter: args.renew_jitter,
-    };
-    let report = status::read_status(&args.out_dir, &policy, SystemTime::now());
-    if args.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(json) => println!("{json}"),
-            Err(error) => {
-                eprintln!("formatting the status as JSON failed: {error}");
-                return ExitCode::from(2);
-            }
-        }
-    } else {
-        print!("{}", status::format_text(&report));
-    }
-    if report.valid {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
     }
 }
 

@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
+use http::Uri;
 use meshcert_common::notify::{self, ExecCommand, Notifier, Signal, SignalTarget};
 use meshcert_common::outputs::OutputArgs;
+use meshcert_common::reload::{self, HttpReload};
 use meshcert_common::settings::{parse_positive_duration, CaSettings};
+use meshcert_common::status::StatusArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,6 +47,8 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Check the published set for exec probes. Exits 0 if a complete, valid, unexpired set for this workload's identity is published in --out-dir, else 1 with the reason on stderr.
     Probe(ProbeArgs),
+    /// Report what is published in --out-dir: identity, serial, key type, validity, renewal time, chain, roots, file modes; exits 0 only if the set is valid. Reads files only.
+    Status(StatusArgs),
 }
 
 #[derive(Debug, Args)]
@@ -77,6 +82,22 @@ pub(crate) struct NotifyArgs {
     /// Time limit of --exec, such as `10s`; the command is killed when it passes.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
     pub(crate) exec_timeout: Duration,
+
+    /// App reload endpoint requested after each swap, such as http://127.0.0.1:9090/-/reload for Prometheus; repeat for several. Needs no shared process namespace. 2xx is success.
+    #[arg(long, env = "RELOAD_URL", value_name = "URL", value_delimiter = ',', value_parser = reload::parse_reload_url)]
+    pub(crate) reload_url: Vec<Uri>,
+
+    /// HTTP method of the --reload-url requests.
+    #[arg(long, env = "RELOAD_METHOD", value_name = "METHOD", default_value = "POST", value_parser = reload::parse_reload_method)]
+    pub(crate) reload_method: http::Method,
+
+    /// Time limit of each --reload-url request, such as `5s`.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_positive_duration)]
+    pub(crate) reload_timeout: Duration,
+
+    /// Attempts per --reload-url request after each swap; failures wait 200 ms, doubling, between attempts.
+    #[arg(long, value_name = "COUNT", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub(crate) reload_attempts: u32,
 }
 
 /// A command split into words by [`notify::parse_command`].
@@ -112,7 +133,17 @@ impl NotifyArgs {
             argv: command.0.clone(),
             timeout: self.exec_timeout,
         });
-        Notifier { signal, exec }
+        let http = self
+            .reload_url
+            .iter()
+            .map(|url| HttpReload {
+                url: url.clone(),
+                method: self.reload_method.clone(),
+                timeout: self.reload_timeout,
+                attempts: self.reload_attempts,
+            })
+            .collect();
+        Notifier { signal, exec, http }
     }
 }
 

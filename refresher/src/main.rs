@@ -43,8 +43,12 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_millis(200);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Probe(args)) = &cli.command {
-        return probe::run(&args.settings);
+    match &cli.command {
+        Some(Command::Probe(args)) => return probe::run(&args.settings),
+        Some(Command::Status(args)) => {
+            return ExitCode::from(meshcert_common::status::print_status(args))
+        }
+        None => {}
     }
     let notifier = cli.notify.notifier();
     if let Err(message) = cli.settings.check() {

@@ -184,10 +184,7 @@ fn pkcs12_legacy_and_empty_password() {
     let text =
         String::from_utf8_lossy(&info.stderr).into_owned() + &String::from_utf8_lossy(&info.stdout);
     assert!(info.status.success(), "openssl reads it: {text}");
-    assert!(
-        text.contains("TripleDES"),
-        "legacy encryption: {text}"
-    );
+    assert!(text.contains("TripleDES"), "legacy encryption: {text}");
     assert!(text.contains("sha1"), "SHA-1 MAC: {text}");
 }
 

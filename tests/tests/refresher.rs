@@ -1237,3 +1237,271 @@ fn refresher_rejects_bad_signal_flags() {
         );
     }
 }
+
+/// A real Prometheus from Debian with its lifecycle API, as the app to reload.
+struct Prometheus {
+    child: Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Prometheus {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        fs::write(&config, "global:\n  scrape_interval: 1m\n").unwrap();
+        let port = free_port();
+        let log = fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--web.enable-lifecycle")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start prometheus (apt-get install prometheus)");
+        let prometheus = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        let ready = wait_until(Duration::from_secs(30), || {
+            TcpStream::connect(("127.0.0.1", port)).ok()?;
+            (http(prometheus.addr(), "GET", "/-/ready").0 == 200).then_some(())
+        });
+        assert!(ready.is_some(), "prometheus did not become ready");
+        prometheus
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn reload_url(&self) -> String {
+        format!("http://127.0.0.1:{}/-/reload", self.port)
+    }
+
+    /// Returns `prometheus_config_last_reload_success_timestamp_seconds`.
+    fn last_reload(&self) -> Option<f64> {
+        let (_, body) = http(self.addr(), "GET", "/metrics");
+        body.lines()
+            .find(|line| {
+                line.starts_with("prometheus_config_last_reload_success_timestamp_seconds ")
+            })?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Forces a renewal through the admin address and returns the new set.
+fn force_renewal(refresher: &Refresher, out_dir: &Path) -> PublishedSet {
+    let before = read_published(out_dir).expect("a set is published");
+    let (status, body) = http(refresher.admin_addr, "POST", "/renew");
+    assert_eq!(status, 200, "POST /renew: {body}");
+    wait_for_new_set(out_dir, &before.serial, Duration::from_secs(10))
+        .expect("a new set after POST /renew")
+}
+
+#[test]
+fn refresher_reloads_prometheus_over_http() {
+    let prometheus = Prometheus::start();
+    let pod = Pod::start("");
+    let mut command = pod.refresher();
+    command.arg("--reload-url").arg(prometheus.reload_url());
+    let refresher = pod.spawn_with_set(command);
+
+    for swap in 1..=2 {
+        let before = wait_until(Duration::from_secs(10), || prometheus.last_reload())
+            .expect("prometheus reports its last reload");
+        // The reload timestamp has one-second resolution.
+        std::thread::sleep(Duration::from_millis(1_100));
+        force_renewal(&refresher, &pod.out_dir());
+        let after = wait_until(Duration::from_secs(10), || {
+            prometheus.last_reload().filter(|&at| at > before)
+        });
+        assert!(
+            after.is_some(),
+            "swap {swap}: prometheus was not reloaded; log:\n{}",
+            refresher.log()
+        );
+    }
+    let (_, metrics) = refresher.get("/metrics");
+    assert!(
+        metrics.contains(r#"meshcert_notifications_total{method="http",result="success"} "#),
+        "successful reloads counted: {metrics}"
+    );
+}
+
+#[test]
+fn refresher_wrong_reload_url_counts_failure() {
+    let pod = Pod::start("");
+    let mut command = pod.refresher();
+    command
+        .arg(format!(
+            "--reload-url=http://127.0.0.1:{}/-/reload",
+            free_port()
+        ))
+        .args(["--reload-attempts=2", "--reload-timeout=1s"]);
+    let refresher = pod.spawn_with_set(command);
+    let first = force_renewal(&refresher, &pod.out_dir());
+    let failed = wait_until(Duration::from_secs(10), || {
+        let (_, metrics) = refresher.get("/metrics");
+        metrics
+            .contains(r#"meshcert_notifications_total{method="http",result="failure"} "#)
+            .then_some(())
+    });
+    assert!(
+        failed.is_some(),
+        "failed reload counted; log:\n{}",
+        refresher.log()
+    );
+    assert!(
+        refresher.log().contains("--reload-url failed"),
+        "failure logged: {}",
+        refresher.log()
+    );
+    let second = force_renewal(&refresher, &pod.out_dir());
+    assert_ne!(
+        first.serial, second.serial,
+        "the refresher carries on renewing"
+    );
+}
+
+/// Returns the public key, in PEM, of the private key inside a PKCS#12 file.
+fn pkcs12_public_key(keystore: &Path, password_file: &Path, scratch: &Path) -> String {
+    let extracted = scratch.join("from-p12.pem");
+    let output = openssl(
+        &[
+            "pkcs12",
+            "-in",
+            keystore.to_str().unwrap(),
+            "-passin",
+            &format!("file:{}", password_file.display()),
+            "-nodes",
+            "-nocerts",
+            "-out",
+            extracted.to_str().unwrap(),
+        ],
+        scratch,
+    );
+    assert!(
+        output.status.success(),
+        "openssl pkcs12: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let public = openssl(
+        &["pkey", "-in", extracted.to_str().unwrap(), "-pubout"],
+        scratch,
+    );
+    String::from_utf8_lossy(&public.stdout).into_owned()
+}
+
+#[test]
+fn refresher_pkcs12_swaps_with_pem_files() {
+    let pod = Pod::start("");
+    let password_file = pod.path("p12-password");
+    fs::write(&password_file, "changeit\n").unwrap();
+    let mut command = pod.refresher();
+    command
+        .args(["--pkcs12", "keystore.p12", "--bundle-file", "tls.pem"])
+        .arg("--pkcs12-password-file")
+        .arg(&password_file);
+    let refresher = pod.spawn_with_set(command);
+    let scratch = tempfile::tempdir().unwrap();
+    let out_dir = pod.out_dir();
+
+    // A reader that resolves ..data once and compares the keystore's key
+    // with key.pem of the same generation, while renewals happen.
+    let stop = Arc::new(Mutex::new(false));
+    let reader = {
+        let stop = Arc::clone(&stop);
+        let out_dir = out_dir.clone();
+        let password_file = password_file.clone();
+        std::thread::spawn(move || {
+            let scratch = tempfile::tempdir().unwrap();
+            let mut checked = 0;
+            while !*stop.lock().unwrap() && checked < 200 {
+                let generation = out_dir.join(fs::read_link(out_dir.join("..data")).unwrap());
+                let (Ok(key), Ok(_)) = (
+                    fs::read(generation.join("key.pem")),
+                    fs::metadata(generation.join("keystore.p12")),
+                ) else {
+                    continue;
+                };
+                fs::write(scratch.path().join("key.pem"), key).unwrap();
+                let from_key = openssl(&["pkey", "-in", "key.pem", "-pubout"], scratch.path());
+                let from_keystore = pkcs12_public_key(
+                    &generation.join("keystore.p12"),
+                    &password_file,
+                    scratch.path(),
+                );
+                assert_eq!(
+                    String::from_utf8_lossy(&from_key.stdout),
+                    from_keystore,
+                    "keystore and key.pem of {} differ",
+                    generation.display()
+                );
+                checked += 1;
+            }
+            checked
+        })
+    };
+
+    for renewal in 1..=2 {
+        let set = force_renewal(&refresher, &out_dir);
+        let keystore = out_dir.join("keystore.p12");
+        let from_keystore = pkcs12_public_key(&keystore, &password_file, scratch.path());
+        fs::write(scratch.path().join("key.pem"), &set.key_pem).unwrap();
+        let from_key = openssl(&["pkey", "-in", "key.pem", "-pubout"], scratch.path());
+        assert_eq!(
+            String::from_utf8_lossy(&from_key.stdout),
+            from_keystore,
+            "renewal {renewal}: keystore key matches key.pem"
+        );
+        let bundle = fs::read_to_string(out_dir.join("tls.pem")).unwrap();
+        assert!(
+            bundle.starts_with(&set.key_pem),
+            "renewal {renewal}: bundle starts with the new key"
+        );
+    }
+    *stop.lock().unwrap() = true;
+    let checked = reader
+        .join()
+        .expect("the reader saw a mismatched generation");
+    assert!(checked > 0, "the reader compared at least one generation");
+}
+
+#[test]
+fn refresher_status_subcommand() {
+    let pod = Pod::start("");
+    let refresher = pod.spawn_with_set(pod.refresher());
+    let set = read_published(&pod.out_dir()).unwrap();
+    let output = Command::new(bin_path("meshcert-refresher"))
+        .args(["status", "--json", "--out-dir"])
+        .arg(pod.out_dir())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "status exits 0: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: Value = serde_json::from_slice(&output.stdout).expect("status --json parses");
+    let serial = json["serial"].as_str().map(normalize_serial);
+    assert_eq!(serial.as_deref(), Some(set.serial.as_str()), "serial");
+    assert_eq!(json["spiffe_id"], SPIFFE_ID, "identity");
+    drop(refresher);
+}
