@@ -85,7 +85,10 @@ pub async fn serve(config: ServeConfig) -> Result<()> {
         .context("invalid TLS serving certificate or key")?
         .serve_with_incoming_shutdown(
             IstioCertificateServiceServer::new(service),
-            TcpIncoming::from(listener),
+            // Without TCP_NODELAY the answer's last small write waits for
+            // the client's delayed ACK, about 40 ms on Linux. Go's gRPC
+            // servers, istiod among them, set it on every connection.
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
             async {
                 let _ = shutdown_rx.await;
             },
