@@ -121,11 +121,17 @@ impl Issuer {
     /// A returned set may have `valid_from` ahead of now by up to the clock
     /// skew limit; the caller holds it until then.
     pub async fn issue(&self) -> Result<Issued, IssueError> {
+        let attempt_started = Instant::now();
         let token = Token::read(&self.token_file)?;
         token.check_not_expired(SystemTime::now())?;
 
         let key = PrivateKey::generate(self.key_type)?;
         let csr_pem = key.csr_pem(&self.spiffe_id)?;
+        tracing::debug!(
+            key_type = %self.key_type,
+            elapsed_us = elapsed_us(attempt_started),
+            "read the token and generated the key and the CSR"
+        );
         let request = CertificateRequest {
             csr_pem: &csr_pem,
             ttl: self.ttl,
@@ -137,6 +143,7 @@ impl Issuer {
         let answer = ca::create_certificate(&self.ca, &request).await;
         let ca_latency = started.elapsed();
         let elements = answer?;
+        tracing::debug!(ca_latency_us = elapsed_us(started), "received the CA response");
 
         let spki = key.public_key_spki();
         let set = bundle::validate_answer(&elements, &self.expected(&spki), SystemTime::now())
@@ -144,6 +151,11 @@ impl Issuer {
                 addr: self.ca.addr.clone(),
                 source,
             })?;
+        tracing::debug!(
+            elapsed_us = elapsed_us(attempt_started),
+            serial = %set.serial,
+            "validated the answer"
+        );
         if !bundle::root_in_bundle(&set.anchor_der, &self.ca.root_pem) {
             tracing::warn!(
                 ca_root = ?self.ca_root_path,
@@ -166,6 +178,11 @@ impl Issuer {
             max_clock_skew: self.max_clock_skew,
         }
     }
+}
+
+/// Returns the microseconds since `start`, for debug timings.
+fn elapsed_us(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Reasons a published set cannot be used.
