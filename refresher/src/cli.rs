@@ -29,11 +29,11 @@ pub(crate) struct Cli {
     pub(crate) settings: CaSettings,
 
     /// Address of GET /ready, /healthz and /metrics, for kubelet probes and Prometheus; port 0 picks a free port.
-    #[arg(long, env = "PROBE_ADDR", default_value = "0.0.0.0:9851")]
+    #[arg(long, env = "PROBE_ADDR", default_value = "0.0.0.0:9851", value_parser = parse_listen_addr)]
     pub(crate) probe_addr: SocketAddr,
 
     /// Address of the probe endpoints plus POST /renew, which renews at once and returns 200 when the new set is published, 202 when it is held until its notBefore, or 502 when the attempt failed. Keep it on loopback, which every container of the pod shares.
-    #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9852")]
+    #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9852", value_parser = parse_listen_addr)]
     pub(crate) admin_addr: SocketAddr,
 
     #[command(flatten)]
@@ -44,6 +44,10 @@ pub(crate) struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once at start; boxing would only complicate clap's derive"
+)]
 pub(crate) enum Command {
     /// Check the published set for exec probes. Exits 0 if a complete, valid, unexpired set for this workload's identity is published in --out-dir, else 1 with the reason on stderr.
     Probe(ProbeArgs),
@@ -103,6 +107,16 @@ pub(crate) struct NotifyArgs {
 /// A command split into words by [`notify::parse_command`].
 #[derive(Debug, Clone)]
 pub(crate) struct CommandLine(Vec<String>);
+
+/// Parses a listen address; unlike the plain `SocketAddr` parser, the
+/// error shows the accepted form.
+fn parse_listen_addr(value: &str) -> Result<SocketAddr, String> {
+    value.trim().parse().map_err(|_| {
+        format!(
+            "invalid address {value:?}: expected an IP address and a port, such as 127.0.0.1:9852 or [::1]:9852; port 0 picks a free port"
+        )
+    })
+}
 
 fn parse_exec(value: &str) -> Result<CommandLine, String> {
     notify::parse_command(value).map(CommandLine)
@@ -179,6 +193,15 @@ mod tests {
             ))
         );
         assert!(notifier.exec.is_none());
+    }
+
+    #[test]
+    fn bad_listen_addr_shows_accepted_form() {
+        for flag in ["--probe-addr", "--admin-addr"] {
+            let message = parse(&[flag, "localhost"]).unwrap_err().to_string();
+            assert!(message.contains(flag), "{message}");
+            assert!(message.contains("such as 127.0.0.1:9852"), "{message}");
+        }
     }
 
     #[test]
