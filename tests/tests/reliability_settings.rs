@@ -99,12 +99,12 @@ fn refresher_only_cases() -> Vec<Case> {
         case(
             &["--probe-addr", "localhost"],
             "--probe-addr",
-            "socket address",
+            "such as 127.0.0.1:9852",
         ),
         case(
             &["--admin-addr", "127.0.0.1:99999"],
             "--admin-addr",
-            "socket address",
+            "such as 127.0.0.1:9852",
         ),
         case(&["--exec-timeout", "0s"], "--exec-timeout", "above zero"),
         case(&["--exec", "nginx -s 'reload"], "--exec", "quote"),
