@@ -2,6 +2,8 @@
 # Runs every check of meshcert: formatting, clippy with warnings denied,
 # and all unit and end-to-end tests against the real development CA.
 # Installs what the tests need (Debian packages as root) first.
+# MESHCERT_LONG_TESTS=1 runs the long variants of the reliability tests
+# and of fuzzing; RELIABILITY.md lists them with their time budget.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -31,3 +33,6 @@ cargo build --workspace --bins --locked
 
 echo "== cargo test"
 cargo test --workspace --locked -- --test-threads="${MESHCERT_TEST_THREADS:-2}"
+
+echo "== fuzzing (scripts/fuzz.sh)"
+bash scripts/fuzz.sh
