@@ -143,7 +143,10 @@ impl Issuer {
         let answer = ca::create_certificate(&self.ca, &request).await;
         let ca_latency = started.elapsed();
         let elements = answer?;
-        tracing::debug!(ca_latency_us = elapsed_us(started), "received the CA response");
+        tracing::debug!(
+            ca_latency_us = elapsed_us(started),
+            "received the CA response"
+        );
 
         let spki = key.public_key_spki();
         let set = bundle::validate_answer(&elements, &self.expected(&spki), SystemTime::now())
