@@ -23,6 +23,9 @@ use zeroize::Zeroizing;
 pub const DATA_LINK: &str = "..data";
 /// Temporary symlink renamed over [`DATA_LINK`].
 const DATA_LINK_TMP: &str = "..data_tmp";
+/// Name prefix of the file that [`CertDir::prepare`] creates to check that
+/// the directory is writable.
+const PROBE_PREFIX: &str = "..meshcert_probe_";
 /// Private key file name.
 pub const KEY_FILE: &str = "key.pem";
 /// Leaf-first certificate chain file name.
@@ -168,7 +171,7 @@ impl CertDir {
         }
         let probe = self
             .dir
-            .join(format!("..meshcert_probe_{}", std::process::id()));
+            .join(format!("{PROBE_PREFIX}{}", std::process::id()));
         File::create(&probe).map_err(not_writable)?;
         fs::remove_file(&probe).map_err(not_writable)?;
         self.remove_stale(None);
@@ -361,8 +364,8 @@ impl CertDir {
     }
 
     /// Removes generations other than the current one and `previous`, plus
-    /// leftover temporary links. With `previous` unknown (at start-up) the
-    /// newest generation older than the current one is kept.
+    /// leftover temporary links and write probes. With `previous` unknown
+    /// (at start-up) the newest generation older than the current one is kept.
     fn remove_stale(&self, previous: Option<&str>) {
         let current = self.current_generation();
         let generations = self.generations();
@@ -383,7 +386,26 @@ impl CertDir {
                 tracing::warn!(generation = %name, dir = ?self.dir, error = %error, "removing an old generation failed");
             }
         }
-        let _ = fs::remove_file(self.dir.join(DATA_LINK_TMP));
+        self.remove_leftover_files();
+    }
+
+    /// Removes the temporary links and write probes that a process killed
+    /// between creating and renaming or removing them leaves behind.
+    fn remove_leftover_files(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let is_temporary_link = name.starts_with("..") && name.ends_with("_tmp");
+            let is_probe = name.starts_with(PROBE_PREFIX);
+            let is_file = entry.file_type().is_ok_and(|kind| !kind.is_dir());
+            if (is_temporary_link || is_probe) && is_file {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 }
 
@@ -417,4 +439,35 @@ fn sync_dir(dir: &Path) -> Result<(), CertDirError> {
         .map_err(sync_error)?
         .sync_all()
         .map_err(sync_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepare_removes_leftover_temporary_files() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = CertDir::new(&root.path().join("certs"), None);
+        dir.prepare().unwrap();
+        dir.publish(&[OutputFile::public(CHAIN_FILE, b"chain")])
+            .unwrap();
+
+        // What a process killed inside publish or prepare leaves behind.
+        let leftovers = [DATA_LINK_TMP, "..cert-chain.pem_tmp", "..key.pem_tmp"];
+        for name in leftovers {
+            std::os::unix::fs::symlink("..data/cert-chain.pem", dir.path().join(name)).unwrap();
+        }
+        let probe = dir.path().join(format!("{PROBE_PREFIX}4242"));
+        File::create(&probe).unwrap();
+
+        dir.prepare().unwrap();
+        for name in leftovers {
+            let path = dir.path().join(name);
+            assert!(fs::symlink_metadata(&path).is_err(), "{name} is left");
+        }
+        assert!(!probe.exists(), "the write probe is left");
+        let public = fs::read_link(dir.path().join(CHAIN_FILE));
+        assert!(public.is_ok(), "the public link is gone");
+    }
 }
