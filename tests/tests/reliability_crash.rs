@@ -1,13 +1,15 @@
 //! Crash safety: the refresher is killed with SIGKILL at random moments of
 //! forced renewals (`POST /renew`) and started again each time. After every
-//! kill the published set must be complete and valid, and generation
-//! directories must not pile up.
+//! kill the published set must be complete and valid, and neither
+//! generation directories nor temporary files may pile up.
 //!
 //! The default run forces 200 renewals; `MESHCERT_LONG_TESTS=1` forces 1000.
 
+use std::fs;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use meshcert_common::certdir::CertDir;
+use meshcert_common::certdir::{is_generation_name, CertDir};
 use meshcert_tests::reliability::{
     check_published_set, http_request, long_tests, openssl_check_published_set, wait_until,
     RefresherProcess, Workload,
@@ -23,6 +25,21 @@ const MAX_KILL_DELAY: Duration = Duration::from_millis(120);
 /// Maximum number of generation directories a kill may leave: the current one, the
 /// previous one, and one stray from an interrupted publish.
 const MAX_GENERATIONS_AFTER_KILL: usize = 3;
+
+/// Maximum number of temporary links and write probes a kill may leave:
+/// one of each kind, since every start removes them.
+const MAX_LEFTOVERS_AFTER_KILL: usize = 2;
+
+/// Returns the names in `out_dir` that are neither a generation, `..data`,
+/// nor a public link: temporary links and write probes.
+fn leftover_files(out_dir: &Path) -> Vec<String> {
+    fs::read_dir(out_dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| name.starts_with("..") && name != "..data" && !is_generation_name(name))
+        .collect()
+}
 
 #[test]
 fn refresher_survives_kills_during_renewals() {
@@ -72,6 +89,11 @@ fn refresher_survives_kills_during_renewals() {
             openssl_check_published_set(&out_dir)
                 .unwrap_or_else(|error| panic!("round {round}: {error}"));
         }
+        let leftovers = leftover_files(&out_dir);
+        assert!(
+            leftovers.len() <= MAX_LEFTOVERS_AFTER_KILL,
+            "round {round}: temporary files pile up: {leftovers:?}"
+        );
         let generations = dir.generations().len();
         max_generations = max_generations.max(generations);
         assert!(

@@ -207,3 +207,23 @@ fn refresher_group_keys_stay_in_group() {
         }
     }
 }
+
+#[test]
+fn init_group_keys_stay_in_group() {
+    if !is_root() {
+        eprintln!("skipped: giving files to a group needs root");
+        return;
+    }
+    const GROUP: u32 = 5152;
+    let workload = Workload::start("");
+    let mut command = workload.init();
+    command.arg(format!("--group={GROUP}"));
+    with_key_outputs(&workload, &mut command);
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_key_modes(&workload.out_dir(), Some(GROUP));
+}
