@@ -31,8 +31,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo build (binaries used by the end-to-end tests)"
 cargo build --workspace --bins --locked
 
+# Fuzzing runs before the tests so that cargo test's summary closes the output.
+echo "== fuzzing (scripts/fuzz.sh)"
+bash scripts/fuzz.sh
+
 echo "== cargo test"
 cargo test --workspace --locked -- --test-threads="${MESHCERT_TEST_THREADS:-2}"
 
-echo "== fuzzing (scripts/fuzz.sh)"
-bash scripts/fuzz.sh
