@@ -36,5 +36,14 @@ echo "== fuzzing (scripts/fuzz.sh)"
 bash scripts/fuzz.sh
 
 echo "== cargo test"
-cargo test --workspace --locked -- --test-threads="${MESHCERT_TEST_THREADS:-2}"
+log=$(mktemp)
+set +e
+cargo test --workspace --locked -- --test-threads="${MESHCERT_TEST_THREADS:-2}" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line over every test binary, since cargo's last summaries
+# are those of the doc tests, which hold no tests.
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"
+rm -f "$log"
+exit "$status"
 
