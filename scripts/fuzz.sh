@@ -6,11 +6,12 @@
 #
 # MESHCERT_FUZZ_SECONDS sets the run time of each target (default 20, or
 # 600 with MESHCERT_LONG_TESTS=1). Inputs that crash a target are saved in
-# fuzz/artifacts/TARGET/ and make the script fail. The corpus grows in
-# fuzz/corpus/TARGET/ across runs. The instrumented build goes to
-# MESHCERT_FUZZ_TARGET_DIR (default ~/.cache/meshcert/fuzz-target), outside
-# the work tree, so a fresh clone on the same machine reuses it: the first
-# build takes about 6 minutes on 2 cores.
+# fuzz/artifacts/TARGET/ and make the script fail, with the log in
+# fuzz/logs/TARGET.log. The corpus grows in fuzz/corpus/TARGET/ across
+# runs. The instrumented build goes to MESHCERT_FUZZ_TARGET_DIR (default
+# ~/.cache/meshcert/fuzz-target), outside the work tree, so a fresh clone
+# on the same machine reuses it: the first build takes about 6 minutes on
+# 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -119,7 +120,10 @@ for target in "${targets[@]}"; do
     artifacts=fuzz/artifacts/$target
     mkdir -p "$corpus" "$artifacts"
     cp "$seeds/$target/"* "$corpus/"
-    log=$bin_dir/$target.log
+    # Logs stay in this work tree: clones that share the build directory
+    # may fuzz at the same time.
+    log=fuzz/logs/$target.log
+    mkdir -p fuzz/logs
     echo "== fuzzing $target for ${seconds}s"
     status=0
     "$bin_dir/$target" "$corpus" \
@@ -127,13 +131,13 @@ for target in "${targets[@]}"; do
         -print_final_stats=1 -artifact_prefix="$artifacts/" >"$log" 2>&1 || status=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
     speed=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")
-    coverage=$(grep -o 'cov: [0-9]* ft: [0-9]*' "$log" | tail -n 1)
+    coverage=$(grep -a -o 'cov: [0-9]* ft: [0-9]*' "$log" | tail -n 1)
     corpus_size=$(find "$corpus" -type f | wc -l)
     echo "$target: ${execs:-?} executions (${speed:-?}/s), ${coverage:-no coverage line}," \
         "corpus $corpus_size inputs, exit $status"
     if [ "$status" -ne 0 ]; then
         failed=1
-        grep -E -A 20 'panicked|ERROR: libFuzzer' "$log" | head -n 40 >&2 || true
+        grep -a -E -A 20 'panicked|ERROR: libFuzzer' "$log" | head -n 40 >&2 || true
         echo "$target: crashing input saved under $artifacts/ (full log: $log)" >&2
     fi
 done
