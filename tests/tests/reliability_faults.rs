@@ -82,11 +82,12 @@ const INVALID_ANSWERS: [Fault; 11] = [
     },
 ];
 
-/// Starts a refresher whose automatic retries come seconds apart, so each
-/// `POST /renew` of a test is, almost always, the only attempt of its case.
+/// Starts a refresher whose automatic retries are drawn from up to an hour
+/// away, so each `POST /renew` of a test is almost always the only attempt
+/// of its case.
 fn start_refresher(workload: &Workload) -> RefresherProcess {
     let mut command = workload.refresher();
-    command.args(["--retry-initial-backoff=20s", "--retry-max-backoff=40s"]);
+    command.args(["--retry-initial-backoff=1h", "--retry-max-backoff=1h"]);
     let refresher = RefresherProcess::spawn(command, &workload.scratch_dir().join("log"))
         .unwrap_or_else(|error| panic!("{error:#}"));
     let published = wait_until(Duration::from_secs(20), || {
@@ -122,7 +123,7 @@ fn refresher_rejects_every_invalid_answer() {
         workload.ca.set_fault(fault.spec).unwrap();
         let counted_before = failures(&refresher, fault.reason);
 
-        let (status, body) = refresher.renew().unwrap();
+        let (status, body) = refresher.renew_expecting(fault.message).unwrap();
         assert_eq!(
             status, 502,
             "{}: POST /renew status; body: {body}",

@@ -81,8 +81,11 @@ fn oversized_input_stays_out_of_memory() {
     );
 
     // The refresher: the same inputs on a long-running process.
-    let refresher =
-        RefresherProcess::spawn(workload.refresher(), &workload.scratch_dir().join("log")).unwrap();
+    // Retries drawn from up to an hour away keep a retry of the huge answer
+    // from answering the token's `POST /renew`.
+    let mut command = workload.refresher();
+    command.args(["--retry-initial-backoff=1h", "--retry-max-backoff=1h"]);
+    let refresher = RefresherProcess::spawn(command, &workload.scratch_dir().join("log")).unwrap();
     let published = wait_until(Duration::from_secs(20), || {
         check_published_set(&workload.out_dir()).ok()
     });
@@ -92,14 +95,16 @@ fn oversized_input_stays_out_of_memory() {
     let baseline = refresher.status_kib("VmHWM").unwrap();
 
     workload.ca.set_fault(HUGE_ANSWER).unwrap();
-    let (status, body) = refresher.renew().unwrap();
+    let (status, body) = refresher.renew_expecting("OutOfRange").unwrap();
     assert_eq!(status, 502, "a huge answer: {body}");
     assert!(body.contains("OutOfRange"), "{body}");
     let after_answer = refresher.status_kib("VmHWM").unwrap();
     workload.ca.set_fault("").unwrap();
 
     write_huge_token(&workload);
-    let (status, body) = refresher.renew().unwrap();
+    let (status, body) = refresher
+        .renew_expecting("larger than 65536 bytes")
+        .unwrap();
     assert_eq!(status, 502, "a huge token: {body}");
     assert!(body.contains("larger than 65536 bytes"), "{body}");
     let after_token = refresher.status_kib("VmHWM").unwrap();

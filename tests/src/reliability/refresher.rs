@@ -115,6 +115,23 @@ impl RefresherProcess {
         http_request(self.admin_addr, "POST", "/renew", Duration::from_secs(30))
     }
 
+    /// Sends `POST /renew` until the reply contains `expected`, at most
+    /// three times, and returns the last reply.
+    ///
+    /// A scheduled retry that starts just before a test changes the CA's
+    /// fault makes `POST /renew` wait for that attempt, whose reply comes
+    /// from the previous fault; the next request gets a fresh attempt.
+    pub fn renew_expecting(&self, expected: &str) -> Result<(u16, String)> {
+        let mut reply = self.renew()?;
+        for _ in 1..3 {
+            if reply.1.contains(expected) {
+                break;
+            }
+            reply = self.renew()?;
+        }
+        Ok(reply)
+    }
+
     /// Returns the value of one series of `/metrics`, such as
     /// `meshcert_renewal_failures_total{reason="publish"}`; 0 when the
     /// series is absent, as an unincremented counter family member is.
