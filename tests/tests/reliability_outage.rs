@@ -91,13 +91,18 @@ fn refresher_rides_out_long_ca_outage() {
         largest_gap <= MAX_BACKOFF + ATTEMPT_SLACK,
         "attempts {largest_gap:?} apart, more than the {MAX_BACKOFF:?} cap"
     );
-    let failures = refresher
-        .metric("meshcert_renewal_failures_total{reason=\"unavailable\"}")
-        .unwrap();
-    assert_eq!(
-        failures,
-        retries.len() as f64,
-        "failures counted in /metrics against failures logged"
+    // An attempt may fail between the two reads, so they are repeated
+    // until they agree.
+    let counts = wait_until(Duration::from_secs(5), || {
+        let counted = refresher
+            .metric("meshcert_renewal_failures_total{reason=\"unavailable\"}")
+            .unwrap();
+        let logged = refresher.records(RETRY_MESSAGE).len() as f64;
+        (counted == logged).then_some(counted)
+    });
+    assert!(
+        counts.is_some(),
+        "failures counted in /metrics never matched the failures logged"
     );
 
     workload.ca.set_fault("").unwrap();
