@@ -23,8 +23,8 @@ use zeroize::Zeroizing;
 pub const DATA_LINK: &str = "..data";
 /// Temporary symlink renamed over [`DATA_LINK`].
 const DATA_LINK_TMP: &str = "..data_tmp";
-/// Name prefix of the file that [`CertDir::prepare`] creates to check that
-/// the directory is writable.
+/// Name prefix of the write-probe files that earlier builds of
+/// [`CertDir::prepare`] created; leftovers are still removed.
 const PROBE_PREFIX: &str = "..meshcert_probe_";
 /// Private key file name.
 pub const KEY_FILE: &str = "key.pem";
@@ -169,11 +169,12 @@ impl CertDir {
             Ok(_) => {}
             Err(_) => fs::create_dir_all(&self.dir).map_err(not_writable)?,
         }
-        let probe = self
-            .dir
-            .join(format!("{PROBE_PREFIX}{}", std::process::id()));
-        File::create(&probe).map_err(not_writable)?;
-        fs::remove_file(&probe).map_err(not_writable)?;
+        // access(2) checks write permission, read-only mounts included,
+        // without creating a file that would wake the app's directory watcher.
+        let wanted = nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK;
+        nix::unistd::access(&self.dir, wanted)
+            .map_err(|errno| not_writable(std::io::Error::from(errno)))?;
+        let _lock = self.lock()?;
         self.remove_stale(None);
         Ok(())
     }

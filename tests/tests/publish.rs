@@ -206,3 +206,19 @@ fn publish_keeps_old_set_on_full_disk() {
         assert_eq!(text, format!("small {name}\n"), "{name} intact");
     }
 }
+
+#[test]
+fn prepare_leaves_directory_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert_dir = CertDir::new(dir.path(), None);
+    cert_dir.publish(&files(1)).unwrap();
+    let before = fs::metadata(dir.path()).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+
+    cert_dir.prepare().unwrap();
+    let after = fs::metadata(dir.path()).unwrap().modified().unwrap();
+    assert_eq!(
+        before, after,
+        "prepare created or removed no entry, so watchers see nothing"
+    );
+}
