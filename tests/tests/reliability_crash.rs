@@ -26,12 +26,12 @@ const MAX_KILL_DELAY: Duration = Duration::from_millis(120);
 /// previous one, and one stray from an interrupted publish.
 const MAX_GENERATIONS_AFTER_KILL: usize = 3;
 
-/// Maximum number of temporary links and write probes a kill may leave:
-/// one of each kind, since every start removes them.
+/// Maximum number of temporary links a kill may leave, since every start
+/// removes them: `..data_tmp` and, during the first publish, one public link's.
 const MAX_LEFTOVERS_AFTER_KILL: usize = 2;
 
 /// Returns the names in `out_dir` that are neither a generation, `..data`,
-/// nor a public link: temporary links and write probes.
+/// nor a public link: temporary links, and write probes of earlier builds.
 fn leftover_files(out_dir: &Path) -> Vec<String> {
     fs::read_dir(out_dir)
         .unwrap()
