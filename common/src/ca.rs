@@ -147,13 +147,10 @@ impl CaError {
 }
 
 /// Splits `host:port`, accepting `[v6]:port`.
-pub fn parse_ca_addr(addr: &str) -> Result<(String, u16), String> {
-    let invalid = |reason: &str| {
-        CaError::InvalidAddress {
-            addr: addr.to_string(),
-            reason: reason.to_string(),
-        }
-        .to_string()
+pub fn parse_ca_addr(addr: &str) -> Result<(String, u16), CaError> {
+    let invalid = |reason: &str| CaError::InvalidAddress {
+        addr: addr.to_string(),
+        reason: reason.to_string(),
     };
     if addr.contains("://") {
         return Err(invalid("give host:port without a scheme"));
@@ -343,22 +340,27 @@ mod tests {
     #[test]
     fn parse_ca_addr_forms() {
         assert_eq!(
-            parse_ca_addr("istiod.istio-system.svc:15012"),
-            Ok(("istiod.istio-system.svc".to_string(), 15012))
+            parse_ca_addr("istiod.istio-system.svc:15012").ok(),
+            Some(("istiod.istio-system.svc".to_string(), 15012))
         );
-        assert_eq!(parse_ca_addr("[::1]:15012"), Ok(("::1".to_string(), 15012)));
+        assert_eq!(
+            parse_ca_addr("[::1]:15012").ok(),
+            Some(("::1".to_string(), 15012))
+        );
     }
 
     #[test]
     fn parse_ca_addr_rejects_missing_port() {
-        let message = parse_ca_addr("istiod").unwrap_err();
+        let message = parse_ca_addr("istiod").unwrap_err().to_string();
         assert!(message.contains("\"istiod\""), "{message}");
         assert!(message.contains("port is missing"), "{message}");
     }
 
     #[test]
     fn parse_ca_addr_error_names_flag() {
-        let message = parse_ca_addr("https://istiod:15012").unwrap_err();
+        let message = parse_ca_addr("https://istiod:15012")
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("--ca-addr"), "{message}");
         assert!(message.contains("host:port"), "{message}");
     }
@@ -368,7 +370,10 @@ mod tests {
         assert!(parse_ca_addr("https://istiod:15012").is_err());
         assert!(parse_ca_addr("istiod:0").is_err());
         assert!(parse_ca_addr("istiod:99999").is_err());
-        assert!(parse_ca_addr("::1").unwrap_err().contains("brackets"));
+        assert!(parse_ca_addr("::1")
+            .unwrap_err()
+            .to_string()
+            .contains("brackets"));
     }
 
     #[test]

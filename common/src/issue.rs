@@ -87,10 +87,7 @@ pub struct Issuer {
 impl Issuer {
     /// Builds an issuer from settings: checks the CA address and loads the root.
     pub fn from_settings(settings: &CaSettings, spiffe_id: SpiffeId) -> Result<Self, CaError> {
-        ca::parse_ca_addr(&settings.ca_addr).map_err(|reason| CaError::InvalidAddress {
-            addr: settings.ca_addr.clone(),
-            reason,
-        })?;
+        ca::parse_ca_addr(&settings.ca_addr)?;
         let root_pem = ca::load_ca_root(&settings.ca_root)?;
         Ok(Self {
             ca: CaConfig {

@@ -155,7 +155,9 @@ impl CaSettings {
                 humantime::format_duration(self.retry_max_backoff)
             ));
         }
-        crate::ca::parse_ca_addr(&self.ca_addr).map(|_| ())
+        crate::ca::parse_ca_addr(&self.ca_addr)
+            .map(|_| ())
+            .map_err(|error| error.to_string())
     }
 }
 
