@@ -3,12 +3,12 @@
 //! behaves when the CA comes back.
 //!
 //! Each refresher is a task that follows `meshcert-refresher`'s schedule
-//! with the shared code: `Issuer::issue` for every attempt (fresh key, new
-//! TLS connection, validation), `RenewPolicy::renew_at` after a success,
-//! and `Backoff::next_delay` after a failure, capped at the current set's
-//! expiry as the refresher caps it. Nothing is written to disk. First
-//! issuances are spread evenly over one renewal period, as pods of a
-//! cluster start at different times.
+//! with the shared code. Every attempt is `Issuer::issue` (fresh key, new
+//! TLS connection, validation). After a success the next attempt is at
+//! `RenewPolicy::renew_at`, and after a failure `Backoff::next_delay`
+//! later, capped at the current set's expiry as the refresher caps it.
+//! Nothing is written to disk. First issuances are spread evenly over one
+//! renewal period, as pods of a cluster start at different times.
 //!
 //! Timeline: warm-up, steady window, outage (the CA gets SIGTERM), restart
 //! on the same port and state directory, recovery window. Attempts are
@@ -101,7 +101,7 @@ enum Outcome {
     Issued,
     /// The TCP connection was refused or failed: the request never reached the CA.
     ConnectFailed,
-    /// The CA was reached but the attempt failed (status, timeout, invalid answer).
+    /// The CA was reached but the attempt failed (status, timeout, invalid response).
     Failed,
 }
 
@@ -229,7 +229,16 @@ fn main() -> Result<()> {
         ratio: cli.renew_ratio,
         jitter: cli.renew_jitter,
     };
-    let spread = cli.ttl.mul_f64(1.0 - cli.renew_ratio);
+    // One issuance up front gives the renewal interval as the CA shapes it
+    // (a backdated notBefore lengthens the lifetime), and first issuances
+    // are spread over exactly that interval so the steady rate is flat.
+    let probe = runtime
+        .block_on(issuer.issue())
+        .context("the first issuance failed")?;
+    let spread = policy
+        .renew_at_with_draw(&probe.set, 0.0)
+        .duration_since(SystemTime::now())
+        .unwrap_or(cli.ttl / 2);
     let steady_from = started + cli.warm_up;
     let steady_until = steady_from + cli.steady;
     let mut handles = Vec::with_capacity(cli.refreshers);
@@ -403,7 +412,9 @@ fn summarize(
     let steady_total: u64 = steady_range.clone().map(|i| series.reached(i)).sum();
     let steady_mean = steady_total as f64 / steady_range.len().max(1) as f64;
 
-    let restart = outage[1].ceil() as usize;
+    // The second in which the CA restarted counts as recovery: the CA was
+    // down for only the first few milliseconds of it.
+    let restart = outage[1].floor() as usize;
     let last = series.issued.len().saturating_sub(1);
     let after: Vec<u64> = (restart..last).map(|i| series.reached(i)).collect();
     let (peak_at, peak) = after

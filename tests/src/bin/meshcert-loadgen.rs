@@ -4,9 +4,9 @@
 //! `--tasks` tasks share `--channels` HTTP/2 channels, each opened once, and
 //! send `CreateCertificate` with one prepared CSR and token until
 //! `--duration` ends. The CA still checks the token and the CSR and signs a
-//! new leaf on every request. The answer is counted as an issuance when it
-//! holds at least two elements; it is not validated, so the client spends
-//! little of the CPU the two share.
+//! new leaf on every request. A response with at least two elements
+//! counts as an issuance. Responses are not validated, so the client
+//! spends little of the CPU that client and CA share.
 //!
 //! Without `--ca-addr` it starts its own dev CA on 127.0.0.1. With
 //! `--ca-addr` and `--state-dir` it loads a CA started elsewhere, such as
@@ -38,7 +38,7 @@ const NAMESPACE: &str = "bench";
 const SERVICE_ACCOUNT: &str = "loadgen";
 /// Upper bound of `--duration`.
 const MAX_DURATION: Duration = Duration::from_secs(600);
-/// Limit of one request; a slower answer counts as a failure.
+/// Limit of one request; a slower response counts as a failure.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Load a dev CA with concurrent CreateCertificate requests.
@@ -241,13 +241,13 @@ async fn send_until(
             .latencies_ms
             .push(sent.elapsed().as_secs_f64() * 1000.0);
         match result {
-            Ok(answer) if answer.get_ref().cert_chain.len() >= 2 => outcome.issued += 1,
-            Ok(answer) => {
+            Ok(response) if response.get_ref().cert_chain.len() >= 2 => outcome.issued += 1,
+            Ok(response) => {
                 outcome.failed += 1;
                 outcome.first_error.get_or_insert_with(|| {
                     format!(
-                        "answer with {} element(s)",
-                        answer.get_ref().cert_chain.len()
+                        "response with {} element(s)",
+                        response.get_ref().cert_chain.len()
                     )
                 });
             }

@@ -6,7 +6,8 @@
 //!   one at a time; CPU time per renewal is the growth of utime + stime in
 //!   `/proc/PID/stat` divided by the count, so it includes serving the
 //!   HTTP request;
-//! - reports VmHWM (peak) and VmRSS (now) from `/proc/PID/status`;
+//! - reports VmHWM (peak) and VmRSS (now) from `/proc/PID/status`, with
+//!   VmRSS split into anonymous, file and shared-memory pages;
 //! - stays idle for `--idle`, and the wakeups are the growth of voluntary
 //!   plus nonvoluntary context switches summed over `/proc/PID/task/*`;
 //! - has its `key.pem` link deleted `--restores` times, each timed until
@@ -72,10 +73,8 @@ struct Report {
     renewals: u32,
     cpu_ms_per_renewal: f64,
     renew_request_ms: Summary,
-    vm_hwm_kib_after_start: u64,
-    vm_rss_kib_after_start: u64,
-    vm_hwm_kib: u64,
-    vm_rss_kib: u64,
+    memory_after_start: Memory,
+    memory_after_renewals: Memory,
     threads_idle: usize,
     idle_seconds: f64,
     idle_wakeups: u64,
@@ -115,7 +114,7 @@ fn main() -> Result<()> {
 
     let mut refresher = setup.start("main")?;
     let pid = refresher.pid;
-    let (vm_hwm_kib_after_start, vm_rss_kib_after_start) = memory_kib(pid)?;
+    let memory_after_start = memory_kib(pid)?;
 
     let cpu_before = cpu_ticks(pid)?;
     let mut renew_ms = Vec::new();
@@ -130,7 +129,7 @@ fn main() -> Result<()> {
         / f64::from(cli.renewals.max(1));
     // Let the last attempt's thread finish before reading memory.
     std::thread::sleep(Duration::from_millis(500));
-    let (vm_hwm_kib, vm_rss_kib) = memory_kib(pid)?;
+    let memory_after_renewals = memory_kib(pid)?;
 
     let before = context_switches(pid)?;
     let idle_started = Instant::now();
@@ -161,10 +160,8 @@ fn main() -> Result<()> {
         renewals: cli.renewals,
         cpu_ms_per_renewal,
         renew_request_ms: summarize(&renew_ms),
-        vm_hwm_kib_after_start,
-        vm_rss_kib_after_start,
-        vm_hwm_kib,
-        vm_rss_kib,
+        memory_after_start,
+        memory_after_renewals,
         threads_idle: after.len(),
         idle_seconds,
         idle_wakeups,
@@ -283,19 +280,19 @@ fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
         .find_map(|item| item.strip_prefix(prefix.as_str()))
 }
 
-/// Sends `POST /renew` and waits for a 200 answer.
+/// Sends `POST /renew` and waits for a 200 response.
 fn post_renew(addr: SocketAddr) -> Result<()> {
     let mut stream = TcpStream::connect_timeout(&addr, RENEW_TIMEOUT)?;
     stream.set_read_timeout(Some(RENEW_TIMEOUT))?;
     stream.write_all(
         b"POST /renew HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
     )?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer)?;
-    if !answer.starts_with("HTTP/1.1 200") {
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    if !response.starts_with("HTTP/1.1 200") {
         bail!(
             "POST /renew failed: {}",
-            answer.lines().next().unwrap_or("")
+            response.lines().next().unwrap_or("")
         );
     }
     Ok(())
@@ -337,8 +334,23 @@ fn clock_ticks_per_second() -> f64 {
     100.0
 }
 
-/// Returns VmHWM and VmRSS in KiB.
-fn memory_kib(pid: i32) -> Result<(u64, u64)> {
+/// Resident memory of a process from /proc/PID/status, in KiB.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Memory {
+    /// Peak resident set, VmHWM.
+    vm_hwm_kib: u64,
+    /// Resident set now, VmRSS: the sum of the three below.
+    vm_rss_kib: u64,
+    /// Anonymous pages: heap, stacks, and what the process allocated.
+    rss_anon_kib: u64,
+    /// File pages mapped: the binary's and the shared libraries' code and data.
+    rss_file_kib: u64,
+    /// Shared memory pages, such as a binary run from a tmpfs.
+    rss_shmem_kib: u64,
+}
+
+/// Reads the memory figures of `pid`.
+fn memory_kib(pid: i32) -> Result<Memory> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let value = |name: &str| -> Result<u64> {
         status
@@ -348,7 +360,13 @@ fn memory_kib(pid: i32) -> Result<(u64, u64)> {
             .and_then(|number| number.parse().ok())
             .with_context(|| format!("no {name} in /proc/{pid}/status"))
     };
-    Ok((value("VmHWM:")?, value("VmRSS:")?))
+    Ok(Memory {
+        vm_hwm_kib: value("VmHWM:")?,
+        vm_rss_kib: value("VmRSS:")?,
+        rss_anon_kib: value("RssAnon:")?,
+        rss_file_kib: value("RssFile:")?,
+        rss_shmem_kib: value("RssShmem:")?,
+    })
 }
 
 /// Returns voluntary plus nonvoluntary context switches of each thread,
