@@ -18,13 +18,13 @@ pub const MAX_CERTIFICATES: usize = 32;
 /// Reasons a chain is rejected. On any of them nothing is published.
 #[derive(Debug, thiserror::Error)]
 pub enum ValidationError {
-    /// The CA answered fewer than two elements (a leaf and a root bundle).
+    /// The CA returned fewer than two elements (a leaf and a root bundle).
     #[error("CA answer has {0} element(s); expected at least 2: the leaf, then the root bundle")]
     ShortChain(usize),
     /// An element is not PEM certificates.
     #[error("element {index} of the chain is not valid PEM certificate data: {reason}")]
     InvalidPem {
-        /// Position in the answer, counting from 0.
+        /// Position in the response, counting from 0.
         index: usize,
         /// What failed.
         reason: String,
@@ -85,7 +85,7 @@ pub enum ValidationError {
     },
 }
 
-/// What a chain must match.
+/// Expectations a chain must match.
 #[derive(Debug, Clone, Copy)]
 pub struct Expected<'a> {
     /// The identity the leaf must carry as its only URI SAN.

@@ -14,7 +14,7 @@ use crate::identity::{SpiffeId, Token};
 use crate::pb::istio_certificate_service_client::IstioCertificateServiceClient;
 use crate::pb::IstioCertificateRequest;
 
-/// Largest CA answer accepted; tonic rejects a longer message from its
+/// Largest CA response accepted; tonic rejects a longer message from its
 /// length prefix, before reading the body.
 pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 
@@ -40,7 +40,7 @@ pub enum CaError {
         /// Underlying I/O error.
         source: std::io::Error,
     },
-    /// The root file holds no valid certificate.
+    /// The root file contains no valid certificate.
     #[error("CA root file {path} is not a valid PEM certificate bundle: {reason}; it must hold the mesh root(s) as PEM certificates")]
     RootInvalid {
         /// The root file.
@@ -204,7 +204,7 @@ pub fn load_ca_root(path: &Path) -> Result<String, CaError> {
     Ok(text)
 }
 
-/// Where and how to reach the CA.
+/// Connection settings of the CA.
 #[derive(Debug, Clone)]
 pub struct CaConfig {
     /// `host:port`.

@@ -88,12 +88,12 @@ pub struct OutputFile {
     pub name: String,
     /// Contents; zeroized on drop because key files pass through here.
     pub contents: Zeroizing<Vec<u8>>,
-    /// Whether the file holds a private key (mode 0600, or 0640 with a group).
+    /// Whether the file contains a private key (mode 0600, or 0640 with a group).
     pub secret: bool,
 }
 
 impl OutputFile {
-    /// A file holding a private key.
+    /// Creates a file that contains a private key.
     pub fn secret(name: &str, contents: &[u8]) -> Self {
         Self {
             name: name.to_string(),
@@ -102,7 +102,7 @@ impl OutputFile {
         }
     }
 
-    /// A public file such as a certificate.
+    /// Creates a public file such as a certificate.
     pub fn public(name: &str, contents: &[u8]) -> Self {
         Self {
             name: name.to_string(),

@@ -34,7 +34,7 @@ const MAX_LOGGED_OUTPUT_BYTES: usize = 4096;
 /// and notifies again after the next swap.
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
-    /// The app's reload endpoint failed or answered outside 2xx.
+    /// The app's reload endpoint failed or returned a status outside 2xx.
     #[error(transparent)]
     Reload(#[from] Box<crate::reload::ReloadError>),
     /// The pid file cannot be read.

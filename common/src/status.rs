@@ -70,14 +70,14 @@ pub struct FileInfo {
     pub size: u64,
 }
 
-/// What is published, and whether it is usable.
+/// Report of the published set and whether it is usable.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     /// The directory.
     pub dir: PathBuf,
     /// Whether a complete, valid, unexpired set is published.
     pub valid: bool,
-    /// Why the set is not valid, when it is not.
+    /// Reason the set is not valid, when it is not.
     pub problem: Option<String>,
     /// Generation directory `..data` points at.
     pub generation: Option<String>,
