@@ -129,7 +129,7 @@ impl CertSet {
     }
 }
 
-/// Validates a CA answer: the elements of `cert_chain`, in any order.
+/// Validates a CA response: the elements of `cert_chain`, in any order.
 pub fn validate_answer(
     elements: &[String],
     expected: &Expected<'_>,

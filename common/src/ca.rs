@@ -29,7 +29,7 @@ pub enum CaError {
     InvalidAddress {
         /// The value given.
         addr: String,
-        /// What is wrong with it.
+        /// The defect in the value.
         reason: String,
     },
     /// The root file cannot be read.
@@ -45,7 +45,7 @@ pub enum CaError {
     RootInvalid {
         /// The root file.
         path: PathBuf,
-        /// What is wrong.
+        /// The defect found.
         reason: String,
     },
     /// The token cannot go into a header.

@@ -40,7 +40,7 @@ pub enum IdentityError {
     TokenMalformed {
         /// Token file path.
         path: PathBuf,
-        /// What could not be parsed.
+        /// The part that could not be parsed.
         reason: String,
     },
     /// The token's `exp` claim is in the past.

@@ -23,7 +23,7 @@ pub enum IssueError {
     /// The CA could not be reached or rejected the request.
     #[error(transparent)]
     Ca(#[from] CaError),
-    /// The CA's answer failed validation; nothing was published.
+    /// The CA's response failed validation, so nothing was published.
     #[error("CA {addr} answered with an invalid certificate chain: {source}")]
     Invalid {
         /// CA address.

@@ -62,7 +62,7 @@ pub enum OutputError {
         flag: &'static str,
         /// The value.
         name: String,
-        /// What is wrong.
+        /// The defect found.
         reason: &'static str,
     },
     /// `--pkcs12` was given without a password choice.
@@ -148,6 +148,14 @@ impl ExtraOutputs {
         pkcs12
             .into_iter()
             .chain(self.bundle_file.as_deref())
+            .collect()
+    }
+
+    /// Returns the configured extra files that are missing from `dir`.
+    pub fn missing_in(&self, dir: &std::path::Path) -> Vec<&str> {
+        self.names()
+            .into_iter()
+            .filter(|name| !dir.join(name).exists())
             .collect()
     }
 

@@ -30,7 +30,7 @@ pub struct HttpReload {
 /// Errors of a reload request after all attempts.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
-    /// The endpoint answered with a status outside 2xx.
+    /// The endpoint returned a status outside 2xx.
     #[error("{method} {url} returned {status}: {body}")]
     Status {
         /// Method sent.

@@ -105,8 +105,8 @@ pub struct Status {
     pub files: Vec<FileInfo>,
 }
 
-/// Reads the directory and builds the report at `now`. Never fails: what
-/// cannot be read is reported in `problem`.
+/// Reads the directory and builds the report at `now`. Files that cannot be
+/// read are reported in `problem` rather than as an error.
 pub fn read_status(dir: &Path, policy: &RenewPolicy, now: SystemTime) -> Status {
     let cert_dir = CertDir::new(dir, None);
     let mut status = Status {

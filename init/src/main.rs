@@ -134,11 +134,7 @@ fn reuse_published(
     extras: &ExtraOutputs,
 ) -> bool {
     let now = SystemTime::now();
-    let missing: Vec<&str> = extras
-        .names()
-        .into_iter()
-        .filter(|name| !dir.path().join(name).exists())
-        .collect();
+    let missing = extras.missing_in(dir.path());
     if !missing.is_empty() {
         tracing::info!(missing = ?missing, "published set lacks configured output files; issuing");
         return false;

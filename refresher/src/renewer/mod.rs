@@ -198,12 +198,7 @@ impl Renewer {
     fn adopt_published(&mut self) {
         let now = SystemTime::now();
         let spiffe_id = &self.issuer.spiffe_id;
-        let missing: Vec<&str> = self
-            .extras
-            .names()
-            .into_iter()
-            .filter(|name| !self.dir.path().join(name).exists())
-            .collect();
+        let missing = self.extras.missing_in(self.dir.path());
         if !missing.is_empty() {
             tracing::info!(
                 ?missing,

@@ -84,9 +84,8 @@ impl Renewer {
             ));
         }
         self.extras
-            .names()
-            .into_iter()
-            .find(|name| !self.dir.path().join(name).exists())
+            .missing_in(self.dir.path())
+            .first()
             .map(|name| format!("output file {name} is missing"))
     }
 
